@@ -1,0 +1,43 @@
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install the locked deps.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+.PHONY: install demo test lint typecheck cfn validate pytest bench clean
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/opsbot demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+cfn: $(STAMP)
+	$(BIN)/cfn-lint template.yaml template-member.yaml
+
+validate: $(STAMP)
+	$(BIN)/opsbot validate
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck cfn validate pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/snapshot_bench.py
+
+clean:
+	rm -rf $(VENV) .opsbot .mypy_cache .ruff_cache .pytest_cache

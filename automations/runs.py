@@ -1,0 +1,277 @@
+"""A scheduled task run as three steps: plan -> run each unit (task, account, region) -> close.
+
+On AWS a Step Functions state machine calls the three steps (Map over units with MaxConcurrency);
+locally and in tests ``run_now`` calls the same functions in a thread pool. A failing unit is recorded
+with its error and the others go on; close turns the unit records into SUCCEEDED, PARTIAL or FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from automations import ledger as L
+from automations.deadline import Deadline
+from automations.fleet import AccountAccessError, Fleet, SessionBroker
+from automations.ledger import Ledger
+from automations.notify import Alert, Notifier
+from automations.schedules import slot_for, slot_label
+from automations.snapshots import UnitContext, UnitOutcome, snapshot_unit
+from automations.tasks import TaskDefinition
+
+log = logging.getLogger(__name__)
+
+KindRunner = Callable[[Any, UnitContext], UnitOutcome]
+# Task kind -> (AWS service the unit needs, function running one unit). New kinds register here.
+TASK_KINDS: dict[str, tuple[str, KindRunner]] = {"ebs-snapshot": ("ec2", snapshot_unit)}
+
+
+class TaskError(ValueError):
+    pass
+
+
+class _NotStarted(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Trigger:
+    type: str  # schedule | cli | retry
+    event_id: str | None = None
+    event_time: str | None = None
+    principal: str | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    run_id: str
+    task: str
+    account: str
+    region: str
+    slot: str  # ISO 8601
+    dry_run: bool
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Unit:
+        return cls(**{k: data[k] for k in ("run_id", "task", "account", "region", "slot", "dry_run")})
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    units: list[Unit]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "units": [asdict(u) for u in self.units]}
+
+
+def new_run_id(task: str, slot: datetime) -> str:
+    return f"{task}-{slot:%Y%m%dT%H%MZ}-{secrets.token_hex(3)}"
+
+
+def plan_run(
+    ledger: Ledger,
+    fleet: Fleet,
+    tasks: Mapping[str, TaskDefinition],
+    task_name: str,
+    trigger: Trigger,
+    when: datetime,
+    *,
+    accounts: list[str] | None = None,
+    regions: list[str] | None = None,
+    dry_run: bool | None = None,
+) -> Plan:
+    """Work out the slot and the units, and open the run record. ``when`` is the event/slot time."""
+    task = tasks.get(task_name.lower())
+    if task is None:
+        raise TaskError(f"unknown task {task_name!r}; defined: {sorted(tasks)}")
+    slot = slot_for(task.schedule, when)
+    scope_accounts = _narrow(task.scope_accounts, accounts)
+    scope_regions = _narrow(task.scope_regions, regions)
+    targets = fleet.targets(scope_accounts, scope_regions)
+    effective_dry_run = task.dry_run if dry_run is None else dry_run
+    run_id = new_run_id(task.name, slot)
+    ledger.open_run(
+        run_id,
+        task=task.name,
+        kind=task.kind,
+        trigger=asdict(trigger),
+        slot=slot_label(slot),
+        dry_run=effective_dry_run,
+        scope={"accounts": scope_accounts, "regions": scope_regions},
+        planned_units=[f"{a}/{r}" for a, r in targets],
+    )
+    units = [Unit(run_id, task.name, a, r, slot.isoformat(), effective_dry_run) for a, r in targets]
+    return Plan(run_id, units)
+
+
+def _narrow(defined: tuple[str, ...] | None, requested: list[str] | None) -> list[str] | None:
+    if requested is None:
+        return list(defined) if defined is not None else None
+    return [x for x in requested if defined is None or x in defined]
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_unit(
+    unit: Unit,
+    tasks: Mapping[str, TaskDefinition],
+    broker: SessionBroker,
+    ledger: Ledger,
+    deadline: Deadline,
+    clock: Callable[[], datetime] = L.utcnow,
+) -> dict[str, Any]:
+    """Run one (task, account, region); always records the unit, whatever happens."""
+    task = tasks[unit.task]
+    service, runner = TASK_KINDS[task.kind]
+    started = L.iso(clock())
+    status, error = L.SUCCEEDED, None
+    outcome = UnitOutcome()
+    try:
+        if deadline.near():  # too late to start: leave it for a re-run of the slot, but say so
+            raise _NotStarted()
+        client = broker.client(unit.account, unit.region, service)
+        with ledger.action_recorder(unit.run_id) as record:
+            ctx = UnitContext(
+                run_id=unit.run_id,
+                task=task,
+                account=unit.account,
+                region=unit.region,
+                slot=datetime.fromisoformat(unit.slot),
+                dry_run=unit.dry_run,
+                known_tasks=frozenset(tasks),
+                record=record,
+                deadline=deadline,
+                now=clock,
+            )
+            outcome = runner(client, ctx)
+        if outcome.stopped_early:
+            not_started = outcome.counts["not_started"]
+            status, error = L.PARTIAL, f"stopped before the time limit; not started: {not_started}"
+        elif outcome.counts["failed"]:
+            status, error = L.PARTIAL, f"{outcome.counts['failed']} action(s) failed"
+    except _NotStarted:
+        status, error = L.PARTIAL, "not started: the time limit was near"
+    except AccountAccessError as exc:
+        status, error = L.FAILED, str(exc)
+    except (ClientError, BotoCoreError) as exc:
+        status, error = L.FAILED, _error_text(exc)
+    except Exception as exc:  # a bug must still leave a record behind, and not sink the other units
+        log.exception("unit %s/%s crashed", unit.account, unit.region)
+        status, error = L.FAILED, _error_text(exc)
+    summary = {
+        "status": status,
+        "error": error,
+        "counts": dict(outcome.counts),
+        "unknown_tasks": outcome.unknown_tasks,
+        "started_at": started,
+    }
+    ledger.record_unit(unit.run_id, unit.account, unit.region, **summary)
+    return {"account": unit.account, "region": unit.region, **summary}
+
+
+def close_run(
+    run_id: str, ledger: Ledger, notifier: Notifier | None, reason: str | None = None
+) -> dict[str, Any]:
+    """Derive the run's status from its unit records, close it, and notify when it did not succeed.
+
+    Planned units with no record (a Lambda killed, a Map branch lost) count as failed.
+    """
+    run = ledger.get_run(run_id)
+    if run is None:
+        raise TaskError(f"no run {run_id!r} in the ledger")
+    if run["status"] != L.RUNNING:
+        return run  # already closed: a duplicate close neither rewrites nor re-notifies
+    units = ledger.units(run_id)
+    reported = {f"{u['account']}/{u['region']}" for u in units}
+    missing = [u for u in run.get("planned_units", []) if u not in reported]
+    counts: Counter[str] = Counter()
+    unknown: dict[str, list[str]] = {}
+    for u in units:
+        counts.update(u.get("counts", {}))
+        for name, samples in u.get("unknown_tasks", {}).items():
+            unknown.setdefault(name, []).extend(samples)
+    by_status = Counter(u["status"] for u in units)
+    if missing:
+        by_status[L.FAILED] += len(missing)
+    total = len(units) + len(missing)
+    if total == 0 or by_status[L.SUCCEEDED] == total:
+        status = L.SUCCEEDED
+    elif by_status[L.FAILED] == total:
+        status = L.FAILED
+    else:
+        status = L.PARTIAL
+    failures = [
+        f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED
+    ]
+    failures += [f"{m}: no result recorded{f' ({reason})' if reason else ''}" for m in missing]
+    ledger.close_run(
+        run_id,
+        status,
+        counts=dict(counts),
+        units={"total": total, **{k.lower(): v for k, v in by_status.items()}},
+        unknown_tasks=unknown,
+        failures=failures,
+    )
+    closed = ledger.get_run(run_id) or run
+    if status != L.SUCCEEDED and notifier is not None:
+        notifier.send(run_alert(closed))
+    return closed
+
+
+def run_alert(run: Mapping[str, Any]) -> Alert:
+    counts = run.get("counts", {})
+    units = run.get("units", {})
+    failures = list(run.get("failures", []))
+    return Alert(
+        kind="task-run",
+        title=f"opsbot task {run['task']} {run['status']}",
+        severity="critical" if run["status"] == L.FAILED else "warning",
+        summary=(
+            f"Run `{run['run_id']}` for slot {run.get('slot')} finished {run['status']}: "
+            f"{units.get('failed', 0)} of {units.get('total', 0)} account/region units failed, "
+            f"{units.get('partial', 0)} partial."
+        ),
+        fields=[
+            ("Task", run["task"]),
+            ("Slot", str(run.get("slot"))),
+            ("Created", str(counts.get("created", 0))),
+            ("Failed actions", str(counts.get("failed", 0))),
+            ("Deleted", str(counts.get("deleted", 0))),
+            ("Dry run", "yes" if run.get("dry_run") else "no"),
+        ],
+        details=failures,
+        context=f"`opsbot runs show {run['run_id']}` · runbook: docs/runbooks/ebs-snapshots.md",
+    )
+
+
+def run_now(
+    plan: Plan,
+    tasks: Mapping[str, TaskDefinition],
+    broker: SessionBroker,
+    ledger: Ledger,
+    notifier: Notifier | None,
+    *,
+    deadline: Deadline | None = None,
+    max_workers: int = 8,
+    clock: Callable[[], datetime] = L.utcnow,
+) -> dict[str, Any]:
+    """Local/test runner: the same plan/unit/close steps as the state machine, in a thread pool."""
+    deadline = deadline or Deadline.never()
+    if plan.units:
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(plan.units)))) as pool:
+            list(pool.map(lambda u: run_unit(u, tasks, broker, ledger, deadline, clock), plan.units))
+    return close_run(plan.run_id, ledger, notifier)

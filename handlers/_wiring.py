@@ -1,0 +1,41 @@
+"""Per-container wiring shared by the handlers: settings from the environment, Powertools objects,
+and the runtime (ledger, fleet, broker, notifier) built once per cold start."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+from automations.notify import Notifier
+from automations.runtime import Runtime, Settings, build_notifier, build_runtime
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@cache
+def runtime() -> Runtime:
+    fleet_parameter = os.environ.get("OPSBOT_FLEET_PARAMETER")
+    fleet_text = parameters.get_parameter(fleet_parameter, max_age=300) if fleet_parameter else None
+    return build_runtime(
+        Settings.from_mapping(os.environ), boto3.Session(), fleet_text=str(fleet_text) if fleet_text else None
+    )
+
+
+def notifier() -> Notifier:
+    secret_name = os.environ.get("OPSBOT_SLACK_SECRET_NAME")
+    # Powertools Parameters caches for max_age seconds: a rotated token is picked up without a redeploy.
+    token = parameters.get_secret(secret_name, max_age=300) if secret_name else None
+    return build_notifier(Settings.from_mapping(os.environ), boto3.Session(), str(token) if token else None)
+
+
+def idempotency_store() -> DynamoDBPersistenceLayer:
+    return DynamoDBPersistenceLayer(
+        table_name=os.environ.get("OPSBOT_IDEMPOTENCY_TABLE", "opsbot-idempotency")
+    )

@@ -1,0 +1,318 @@
+"""`opsbot`: the operator CLI. Imports automations/ the way a handler does; never runs in Lambda."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from automations.ledger import Ledger
+from automations.rulebook import Problem, RulebookError
+from automations.runs import TaskError, Trigger, plan_run, run_now
+from automations.runtime import DEFAULT_RULES_DIR, Runtime, Settings, build_notifier, build_runtime
+from opsbot import environment
+from opsbot.cfn import PROJECT_ROOT, load_template, resources_of_type
+from opsbot.tables import table
+
+TEMPLATE = PROJECT_ROOT / "template.yaml"
+
+
+# ---- validate ----------------------------------------------------------------------------
+def schedule_problems(tasks: dict[str, Any], template_path: Path = TEMPLATE) -> list[Problem]:
+    """Each task needs exactly one schedule rule in template.yaml, with the same expression."""
+    text = template_path.read_text(encoding="utf-8").splitlines()
+
+    def line_of(logical_id: str) -> int:
+        return next((i + 1 for i, line in enumerate(text) if line.strip() == f"{logical_id}:"), 1)
+
+    rules = resources_of_type(load_template(template_path), "AWS::Events::Rule")
+    by_task: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for logical_id, rule in rules.items():
+        if task := (rule.get("Metadata") or {}).get("opsbot", {}).get("task"):
+            by_task.setdefault(task, []).append((logical_id, rule))
+    problems = []
+    name = (
+        str(template_path.relative_to(PROJECT_ROOT))
+        if template_path.is_relative_to(PROJECT_ROOT)
+        else str(template_path)
+    )
+    for task_name, task in tasks.items():
+        found = by_task.pop(task_name, [])
+        if len(found) != 1:
+            problems.append(
+                Problem(name, 1, f"task {task_name!r} needs exactly one schedule rule, found {len(found)}")
+            )
+            continue
+        logical_id, rule = found[0]
+        expression = rule["Properties"].get("ScheduleExpression")
+        if expression != task.schedule:
+            problems.append(
+                Problem(
+                    name,
+                    line_of(logical_id),
+                    f"{logical_id}: schedule {expression!r} != rules/tasks.yaml {task.schedule!r}",
+                )
+            )
+    for task_name, found in by_task.items():
+        for logical_id, _ in found:
+            problems.append(
+                Problem(name, line_of(logical_id), f"{logical_id}: schedules unknown task {task_name!r}")
+            )
+    return problems
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from automations.fleet import load_fleet
+    from automations.tasks import load_tasks
+
+    rules_dir = Path(args.rules)
+    problems: list[Problem] = []
+    tasks: dict[str, Any] = {}
+    for loader, file in ((load_fleet, "fleet.yaml"), (load_tasks, "tasks.yaml")):
+        try:
+            loaded = loader(rules_dir / file)
+            if file == "tasks.yaml":
+                tasks = loaded  # type: ignore[assignment]
+        except RulebookError as exc:
+            problems.extend(exc.problems)
+        except FileNotFoundError as exc:
+            problems.append(Problem(str(rules_dir / file), 1, f"missing: {exc.strerror}"))
+    if tasks and TEMPLATE.exists():
+        problems.extend(schedule_problems(tasks))
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {len(tasks)} task(s) in {rules_dir}")
+    return 0
+
+
+# ---- runtime -------------------------------------------------------------------------------
+def _runtime() -> Runtime:
+    environment.activate()
+    return build_runtime(Settings.from_mapping(os.environ), environment.session())
+
+
+def _notifier(settings: Settings) -> Any:
+    from aws_lambda_powertools.utilities import parameters
+
+    secret = os.environ.get("OPSBOT_SLACK_SECRET_NAME")
+    token = parameters.get_secret(secret) if secret else None
+    return build_notifier(settings, environment.session(), str(token) if token else None)
+
+
+def _caller() -> str:
+    try:
+        return str(environment.session().client("sts").get_caller_identity()["Arn"])
+    except Exception:  # the principal is for the record only
+        return os.environ.get("USER", "unknown")
+
+
+# ---- run -----------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    when = datetime.fromisoformat(args.slot.replace("Z", "+00:00")) if args.slot else datetime.now(UTC)
+    trigger = Trigger(type="cli", principal=_caller(), event_time=when.isoformat())
+    try:
+        plan = plan_run(
+            rt.ledger,
+            rt.fleet,
+            rt.tasks,
+            args.task,
+            trigger,
+            when,
+            accounts=args.account or None,
+            regions=args.region or None,
+            dry_run=True if args.dry_run else None,
+        )
+    except TaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run = run_now(plan, rt.tasks, rt.broker, rt.ledger, _notifier(rt.settings))
+    print(runs_table([run]))
+    return 0 if run["status"] == "SUCCEEDED" else 1
+
+
+# ---- runs ----------------------------------------------------------------------------------
+def _duration(run: dict[str, Any]) -> str:
+    if not run.get("ended_at"):
+        return "-"
+    start = datetime.fromisoformat(run["started_at"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(run["ended_at"].replace("Z", "+00:00"))
+    return f"{(end - start).total_seconds():.0f}s"
+
+
+def runs_table(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in runs:
+        c, u = r.get("counts", {}), r.get("units", {})
+        rows.append(
+            [
+                r["run_id"],
+                r["task"],
+                r.get("slot"),
+                r.get("trigger", {}).get("type"),
+                r["status"] + (" (dry run)" if r.get("dry_run") else ""),
+                r["started_at"],
+                _duration(r),
+                c.get("created", c.get("would_create", 0)),
+                c.get("skipped_existing", 0),
+                c.get("deleted", c.get("would_delete", 0)),
+                c.get("failed", 0),
+                f"{u.get('succeeded', 0)}/{u.get('total', 0)}" if u else "-",
+            ]
+        )
+    return table(
+        [
+            "RUN",
+            "TASK",
+            "SLOT",
+            "TRIGGER",
+            "STATUS",
+            "STARTED",
+            "TOOK",
+            "CREATED",
+            "SKIPPED",
+            "DELETED",
+            "FAILED",
+            "UNITS OK",
+        ],
+        rows,
+    )
+
+
+def show_run(ledger: Ledger, run_id: str) -> str:
+    run = ledger.get_run(run_id)
+    if run is None:
+        raise TaskError(f"no run {run_id!r}")
+    out = [runs_table([run]), ""]
+    out.append(
+        table(
+            ["ACCOUNT", "REGION", "STATUS", "COUNTS", "ERROR"],
+            [
+                [
+                    u["account"],
+                    u["region"],
+                    u["status"],
+                    " ".join(f"{k}={v}" for k, v in sorted(u.get("counts", {}).items())),
+                    u.get("error") or "",
+                ]
+                for u in ledger.units(run_id)
+            ],
+        )
+    )
+    if run.get("unknown_tasks"):
+        out.append(
+            "\nunknown task names in tags: "
+            + "; ".join(f"{name} on {', '.join(res)}" for name, res in run["unknown_tasks"].items())
+        )
+    actions = ledger.actions(run_id)
+    out.append("")
+    out.append(
+        table(
+            ["ACCOUNT", "REGION", "RESOURCE", "ACTION", "OUTCOME", "IDS", "ERROR"],
+            [
+                [
+                    a["account"],
+                    a["region"],
+                    a["resource"],
+                    a["action"],
+                    a["outcome"],
+                    ",".join(a.get("created_ids", []) + a.get("deleted_ids", [])),
+                    a.get("error") or "",
+                ]
+                for a in actions
+            ],
+        )
+    )
+    return "\n".join(out)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    if args.action == "show":
+        if not args.run_id:
+            print("error: opsbot runs show RUN_ID", file=sys.stderr)
+            return 2
+        try:
+            print(show_run(rt.ledger, args.run_id))
+        except TaskError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    print(runs_table(rt.ledger.recent_runs(args.limit)))
+    return 0
+
+
+# ---- local ---------------------------------------------------------------------------------
+def cmd_local(args: argparse.Namespace) -> int:
+    from opsbot.local import lifecycle
+
+    if args.action == "up":
+        print(lifecycle.up(args.port, args.slack_port))
+    elif args.action == "down":
+        print(lifecycle.down())
+    elif args.action == "seed":
+        print(lifecycle.seed())
+    elif args.action == "slack":
+        print(lifecycle.slack_log())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from opsbot.local.demo import demo
+
+    return demo(args.port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="opsbot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check rules/ (and template schedules); file:line per problem")
+    p.add_argument("--rules", default=str(DEFAULT_RULES_DIR))
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run a task now (for the current slot, or --slot)")
+    p.add_argument("task")
+    p.add_argument("--account", action="append", help="limit to this account (repeatable)")
+    p.add_argument("--region", action="append", help="limit to this region (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="record what would be done; change nothing")
+    p.add_argument("--slot", help="run (again) the slot containing this UTC time, e.g. 2026-11-25T03:00Z")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("runs", help="recent runs, or `runs show RUN_ID`")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("local", help="the local embedded AWS: up | seed | slack | down")
+    p.add_argument("action", choices=["up", "seed", "slack", "down"])
+    p.add_argument("--port", type=int, default=4566)
+    p.add_argument("--slack-port", type=int, default=4567)
+    p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("demo", help="the whole local story on a fresh embedded AWS")
+    p.add_argument("--port", type=int, default=0, help="moto port (0: pick a free one)")
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except RulebookError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

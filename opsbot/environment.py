@@ -1,0 +1,41 @@
+"""Where the CLI points: the local embedded AWS when `opsbot local up` has run, else the usual AWS
+credential chain. Either way only standard settings (AWS_ENDPOINT_URL, credentials) are used."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+import boto3
+
+from opsbot.local import server
+
+LOCAL_REGION = "us-east-1"
+
+
+def local_environment(state: Mapping[str, object]) -> dict[str, str]:
+    env = {
+        "AWS_ENDPOINT_URL": str(state["endpoint"]),
+        "AWS_DEFAULT_REGION": LOCAL_REGION,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+    }
+    keys = state.get("operator_keys") or server.BOOTSTRAP_CREDENTIALS
+    env.update({k: str(v) for k, v in dict(keys).items()})  # type: ignore[call-overload]
+    env.update({k: str(v) for k, v in dict(state.get("hub_env") or {}).items()})  # type: ignore[call-overload]
+    return env
+
+
+def activate() -> bool:
+    """Point this process at the local AWS if one is up and nothing else was asked for."""
+    state = server.read_state()
+    if not state or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("OPSBOT_USE_AWS"):
+        return False
+    os.environ.update(local_environment(state))
+    print(f"(local AWS at {state['endpoint']})", file=sys.stderr)
+    return True
+
+
+def session() -> boto3.Session:
+    return boto3.Session()

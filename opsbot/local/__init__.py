@@ -1,0 +1,1 @@
+"""The local embedded AWS: moto in server mode on loopback, a seeded fleet and a Slack stand-in."""

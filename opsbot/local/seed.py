@@ -1,0 +1,245 @@
+"""Seed the local AWS with a realistic fleet: a hub and member accounts in several regions.
+
+Per member account: ``OpsBotExecutionRole`` granting exactly the actions template-member.yaml grants
+(so a call the code makes but the template forgot fails locally with AccessDenied, as it would on AWS).
+Per member region: tagged and untagged instances with volumes, tagged and untagged volumes, and
+pre-existing snapshots: opsbot's own for the task, people's, and one registered to an AMI.
+The hub gets an operator user allowed into every member role but one, so a denied account shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+
+from automations.fleet import Fleet
+from automations.schedules import slot_label
+from opsbot.cfn import PROJECT_ROOT, load_template, resources_of_type
+
+DENIED_ACCOUNT_NAME = "legacy-sandbox"
+OPERATOR_USER = "opsbot-operator"
+
+
+@dataclass
+class SeedReport:
+    instances: int = 0
+    volumes: int = 0
+    snapshots: int = 0
+    images: int = 0
+    operator_keys: dict[str, str] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+
+def member_role_actions() -> list[str]:
+    """Every action template-member.yaml grants OpsBotExecutionRole."""
+    template = load_template(PROJECT_ROOT / "template-member.yaml")
+    actions: set[str] = set()
+    for role in resources_of_type(template, "AWS::IAM::Role").values():
+        for policy in role["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                found = statement["Action"]
+                actions.update([found] if isinstance(found, str) else found)
+    return sorted(actions)
+
+
+def _policy(statements: list[dict[str, Any]]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def _member_session(base: boto3.Session, fleet: Fleet, account: str) -> boto3.Session:
+    creds = base.client("sts").assume_role(
+        RoleArn=fleet.role_arn(account), RoleSessionName="opsbot-seed", ExternalId=fleet.external_id or "seed"
+    )["Credentials"]
+    return boto3.Session(
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+
+
+def create_member_role(session: boto3.Session, fleet: Fleet, hub_account: str) -> None:
+    iam = session.client("iam")
+    trust = _policy(
+        [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{hub_account}:root"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": fleet.external_id or ""}},
+            }
+        ]
+    )
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_role(RoleName=fleet.role_name, AssumeRolePolicyDocument=trust)
+    iam.put_role_policy(
+        RoleName=fleet.role_name,
+        PolicyName="opsbot-member",
+        PolicyDocument=_policy([{"Effect": "Allow", "Action": member_role_actions(), "Resource": "*"}]),
+    )
+
+
+def create_operator(session: boto3.Session, fleet: Fleet, allowed_accounts: list[str]) -> dict[str, str]:
+    """The hub identity the local CLI and demo use: the hub functions' permissions, nothing more."""
+    iam = session.client("iam")
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_user(UserName=OPERATOR_USER)
+    iam.put_user_policy(
+        UserName=OPERATOR_USER,
+        PolicyName="opsbot-hub",
+        PolicyDocument=_policy(
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": "sts:AssumeRole",
+                    "Resource": [fleet.role_arn(a) for a in allowed_accounts],
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": [
+                        "dynamodb:GetItem",
+                        "dynamodb:PutItem",
+                        "dynamodb:UpdateItem",
+                        "dynamodb:DeleteItem",
+                        "dynamodb:Query",
+                        "dynamodb:BatchWriteItem",
+                        "dynamodb:DescribeTable",
+                        "sns:Publish",
+                        "secretsmanager:GetSecretValue",
+                        "ssm:GetParameter",
+                    ],
+                    "Resource": "*",
+                },
+            ]
+        ),
+    )
+    key = iam.create_access_key(UserName=OPERATOR_USER)["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+def _tags(**tags: str) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def seed_region(
+    session: boto3.Session,
+    account_name: str,
+    region: str,
+    task: str,
+    report: SeedReport,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> None:
+    ec2: Any = session.client("ec2", region_name=region)
+    image_id = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+    env = "prod" if account_name.endswith("prod") else "dev"
+
+    def instance(name: str, **tags: str) -> dict[str, Any]:
+        spec = {"ResourceType": "instance", "Tags": _tags(Name=name, Environment=env, **tags)}
+        inst = ec2.run_instances(
+            ImageId=image_id,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="t3.micro",
+            TagSpecifications=[spec],
+            Placement={"AvailabilityZone": zone},
+        )["Instances"][0]
+        report.instances += 1
+        return inst
+
+    def volume(name: str, size: int = 20, **tags: str) -> str:
+        spec = {"ResourceType": "volume", "Tags": _tags(Name=name, Environment=env, **tags)}
+        report.volumes += 1
+        vid: str = ec2.create_volume(
+            AvailabilityZone=zone, Size=size, VolumeType="gp3", TagSpecifications=[spec]
+        )["VolumeId"]
+        return vid
+
+    web = instance("web-1", OpsTaskList=task, CostCenter="cc-1042")
+    data = volume("web-1-data", 100)
+    ec2.attach_volume(VolumeId=data, InstanceId=web["InstanceId"], Device="/dev/sdf")
+    instance("db-1", OpsTaskList=f"{task.title()} snapshot-weekly", CostCenter="cc-2001")
+    instance("batch-1")  # not opted in
+    instance("etl-1", OpsTaskList="snapshot-dialy")  # a typo: reported as an unknown task, not a crash
+    volume("logs-archive", 500, OpsTaskList=f"{task},snapshot-weekly")
+    volume("scratch", 50)  # not opted in
+
+    # History for web-1's data volume: eight earlier opsbot snapshots of this task (the oldest
+    # registered to an AMI), and one that a person took by hand. Retention may thin opsbot's only.
+    history = []
+    for days_ago in range(8, 0, -1):
+        slot = slot_label((now() - timedelta(days=days_ago)).replace(hour=3, minute=0))
+        snap = ec2.create_snapshot(
+            VolumeId=data,
+            Description=f"opsbot {task}: {data} slot {slot}",
+            TagSpecifications=[
+                {
+                    "ResourceType": "snapshot",
+                    "Tags": _tags(
+                        **{
+                            "opsbot:task": task,
+                            "opsbot:slot": slot,
+                            "opsbot:volume-id": data,
+                            "opsbot:run-id": "seed",
+                        }
+                    ),
+                }
+            ],
+        )
+        history.append(snap["SnapshotId"])
+    report.snapshots += len(history)
+    # An older opsbot snapshot of this volume registered as an AMI's root: retention must keep it.
+    # (moto's RegisterImage makes its own backing snapshot, so that one is labelled as opsbot's.)
+    image = ec2.register_image(
+        Name=f"web-1-golden-{region}",
+        RootDeviceName="/dev/sda1",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 100}}],
+    )
+    backing = ec2.describe_images(ImageIds=[image["ImageId"]])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]
+    ec2.create_tags(
+        Resources=[backing["SnapshotId"]],
+        Tags=_tags(
+            **{
+                "opsbot:task": task,
+                "opsbot:slot": slot_label((now() - timedelta(days=9)).replace(hour=3, minute=0)),
+                "opsbot:volume-id": data,
+                "opsbot:run-id": "seed",
+            }
+        ),
+    )
+    history.append(backing["SnapshotId"])
+    report.images += 1
+    ec2.create_snapshot(
+        VolumeId=data,
+        Description="before kernel upgrade (by hand)",
+        TagSpecifications=[{"ResourceType": "snapshot", "Tags": _tags(Name="manual-before-upgrade")}],
+    )
+    report.snapshots += 1
+    report.lines.append(
+        f"{account_name}/{region}: 4 instances, 2 loose volumes, {len(history) + 1} snapshots, "
+        f"AMI {image['ImageId']} on {backing['SnapshotId']}"
+    )
+
+
+def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") -> SeedReport:
+    """Build the fleet. ``base`` uses the bootstrap keys, i.e. moto's default account (the hub)."""
+    hub_account = base.client("sts").get_caller_identity()["Account"]
+    report = SeedReport()
+    allowed = []
+    for account in fleet.accounts:
+        member = _member_session(base, fleet, account.id)
+        create_member_role(member, fleet, hub_account)
+        if account.name != DENIED_ACCOUNT_NAME:
+            allowed.append(account.id)
+        for region in account.regions:
+            seed_region(member, account.name, region, task, report)
+    report.operator_keys = create_operator(base, fleet, allowed)
+    report.lines.append(
+        f"hub {hub_account}: operator {OPERATOR_USER} may assume the role in {len(allowed)} accounts"
+    )
+    return report

@@ -1,0 +1,110 @@
+"""Cross-account access: cached sessions, and one denied member account never stops the others."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from freezegun import freeze_time
+from moto.core.authorization import enable_iam_authentication
+
+from automations.fleet import SessionBroker, load_fleet
+from automations.ledger import Ledger
+from automations.notify import Notifier
+from automations.rulebook import RulebookError
+from automations.runs import Trigger, plan_run, run_now
+from opsbot.local.hub import LEDGER_TABLE
+from opsbot.local.seed import _member_session, create_member_role, create_operator
+from opsbot.local.slack_standin import SlackStandIn
+from tests.conftest import ACCOUNT_A, ACCOUNT_B, make_tasks
+
+TASKS = make_tasks("tasks:\n  - {name: snapshot-daily, kind: ebs-snapshot, schedule: 'cron(0 3 * * ? *)'}\n")
+
+
+def test_credentials_cached_per_account_until_near_expiry(hub_session, fleet):
+    calls = []
+    hub_session.events.register("provide-client-params.sts.AssumeRole", lambda params, **kw: calls.append(dict(params)))
+    with freeze_time("2026-11-25 10:00:00") as clock:
+        broker = SessionBroker(hub_session, fleet, clock=lambda: datetime.now(UTC).timestamp())
+        broker.client(ACCOUNT_A, "us-east-1", "ec2")
+        broker.client(ACCOUNT_A, "eu-west-1", "ec2")  # another region: same credentials
+        broker.client(ACCOUNT_A, "us-east-1", "ec2")
+        assert len(calls) == 1
+        assert calls[0]["ExternalId"] == "opsbot-test"
+        assert calls[0]["RoleArn"] == f"arn:aws:iam::{ACCOUNT_A}:role/OpsBotExecutionRole"
+        broker.client(ACCOUNT_B, "us-east-1", "ec2")
+        assert len(calls) == 2
+        clock.tick(3600 - 299)  # within the refresh margin of the one-hour credentials
+        broker.client(ACCOUNT_A, "us-east-1", "ec2")
+        assert len(calls) == 3
+
+
+def test_assumed_sessions_land_in_the_member_account(broker):
+    ec2 = broker.client(ACCOUNT_B, "eu-west-1", "sts")
+    assert ec2.get_caller_identity()["Account"] == ACCOUNT_B
+
+
+def test_fleet_file_validation():
+    text = 'default_regions: [us-east-1]\naccounts:\n  - id: "210987654321"\n  - id: "210987654321"\n'
+    with pytest.raises(RulebookError) as err:
+        load_fleet("fleet.yaml", text)
+    assert str(err.value) == "fleet.yaml:4: accounts[1].id: duplicate account id '210987654321'"
+    with pytest.raises(RulebookError) as err:
+        load_fleet("fleet.yaml", 'accounts:\n  - id: "210987654321"\n')
+    assert str(err.value) == "fleet.yaml:2: accounts[0]: no regions: set 'regions' or 'default_regions'"
+
+
+def test_one_member_denied_while_the_other_succeeds(hub_session, fleet, member):
+    """moto enforces IAM here: the hub operator may assume the role in account A only."""
+    hub_account = hub_session.client("sts").get_caller_identity()["Account"]
+    for account in (ACCOUNT_A, ACCOUNT_B):
+        create_member_role(_member_session(hub_session, fleet, account), fleet, hub_account)
+        for region in ("us-east-1", "eu-west-1"):
+            member(account, region).volume({"OpsTaskList": "snapshot-daily"})
+    keys = create_operator(hub_session, fleet, allowed_accounts=[ACCOUNT_A])
+    sns = hub_session.client("sns")
+    topic = sns.create_topic(Name="opsbot-alerts")["TopicArn"]
+    sqs = hub_session.client("sqs")
+    queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+    operator = boto3.Session(
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    with SlackStandIn("xoxb-test") as slack, enable_iam_authentication():
+        from slack_sdk import WebClient
+
+        ledger = Ledger(operator.resource("dynamodb").Table(LEDGER_TABLE))
+        notifier = Notifier(
+            operator.client("sns"), topic, WebClient("xoxb-test", base_url=slack.base_url), "#ops"
+        )
+        broker = SessionBroker(operator, fleet)
+        plan = plan_run(
+            ledger, fleet, TASKS, "snapshot-daily", Trigger("cli"), datetime(2026, 11, 25, 3, 5, tzinfo=UTC)
+        )
+        result = run_now(plan, TASKS, broker, ledger, notifier)
+        units = {(u["account"], u["region"]): u for u in ledger.units(result["run_id"])}
+        posted = slack.messages()
+
+    assert result["status"] == "PARTIAL"
+    assert result["units"] == {"total": 4, "succeeded": 2, "failed": 2}
+    assert result["counts"]["created"] == 2
+    for region in ("us-east-1", "eu-west-1"):
+        assert units[(ACCOUNT_A, region)]["status"] == "SUCCEEDED"
+        denied = units[(ACCOUNT_B, region)]
+        assert denied["status"] == "FAILED" and "AccessDenied" in denied["error"]
+    # On-call hears about it on Slack (Block Kit) and SNS, naming the account that failed.
+    (message,) = posted
+    assert message["channel"] == "#ops"
+    assert message["blocks"][0]["type"] == "header" and "PARTIAL" in message["blocks"][0]["text"]["text"]
+    assert any(ACCOUNT_B in json.dumps(b) and "AccessDenied" in json.dumps(b) for b in message["blocks"])
+    body = json.loads(sqs.receive_message(QueueUrl=queue)["Messages"][0]["Body"])
+    alert = json.loads(body["Message"])
+    assert alert["kind"] == "task-run" and any(ACCOUNT_B in d for d in alert["details"])

@@ -1,0 +1,102 @@
+"""The Lambda handlers the state machine calls, with Powertools Idempotency on moto DynamoDB."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.conftest import ACCOUNT_A, ACCOUNT_B, FIXTURES
+
+FLEET = f"""
+role_name: OpsBotExecutionRole
+external_id: opsbot-test
+default_regions: [us-east-1, eu-west-1]
+accounts:
+  - {{id: "{ACCOUNT_A}", name: a}}
+  - {{id: "{ACCOUNT_B}", name: b}}
+"""
+TASKS = "tasks:\n  - {name: snapshot-daily, kind: ebs-snapshot, schedule: 'cron(0 3 * * ? *)', retention: {keep_last: 2}}\n"
+
+
+@dataclass
+class FakeLambdaContext:
+    """The Lambda runtime's context object (not an AWS API): the attributes Powertools reads."""
+
+    function_name: str = "opsbot-unit"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:opsbot-unit"
+    aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+    remaining_ms: int = 600_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@pytest.fixture
+def handler(hub_session, tmp_path, monkeypatch) -> Any:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "fleet.yaml").write_text(FLEET)
+    (rules / "tasks.yaml").write_text(TASKS)
+    monkeypatch.setenv("OPSBOT_RULES_DIR", str(rules))
+    monkeypatch.setenv("OPSBOT_LEDGER_TABLE", "opsbot-ledger")
+    monkeypatch.setenv("OPSBOT_IDEMPOTENCY_TABLE", "opsbot-idempotency")
+    from handlers import _wiring, scheduled_task
+
+    _wiring.runtime.cache_clear()
+    yield scheduled_task
+    _wiring.runtime.cache_clear()
+
+
+def schedule_input() -> dict[str, Any]:
+    """What the schedule rule's InputTransformer makes of a real Scheduled Event."""
+    event = json.loads((FIXTURES / "eventbridge" / "scheduled_event.json").read_text())["payload"]
+    return {"task": "snapshot-daily", "id": event["id"], "time": event["time"]}
+
+
+def test_plan_units_close_with_duplicate_deliveries(handler, member):
+    for account in (ACCOUNT_A, ACCOUNT_B):
+        member(account, "us-east-1").volume({"OpsTaskList": "snapshot-daily"})
+    event = schedule_input()
+    plan = handler.plan(event, FakeLambdaContext())
+    again = handler.plan(event, FakeLambdaContext())  # EventBridge delivered the same event twice
+    assert again["run_id"] == plan["run_id"]
+    assert len(plan["units"]) == 4
+
+    results = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]
+    repeat = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]  # a retried Map branch
+    assert repeat == results
+    assert sum(r["counts"].get("created", 0) for r in results) == 2
+    for account in (ACCOUNT_A, ACCOUNT_B):
+        assert len(member(account, "us-east-1").snapshots("snapshot-daily")) == 1
+
+    closed = handler.close({"run_id": plan["run_id"]}, FakeLambdaContext())
+    assert closed["status"] == "SUCCEEDED" and closed["counts"]["created"] == 2
+
+
+def test_close_after_a_lost_map_marks_missing_units(handler, member):
+    plan = handler.plan(schedule_input(), FakeLambdaContext())
+    handler.unit(plan["units"][0], FakeLambdaContext())
+    closed = handler.close(
+        {"run_id": plan["run_id"], "error": {"Error": "States.Timeout", "Cause": "Map timed out"}},
+        FakeLambdaContext(),
+    )
+    assert closed["status"] == "PARTIAL"
+    from handlers._wiring import runtime
+
+    run = runtime().ledger.get_run(plan["run_id"])
+    assert run["units"] == {"total": 4, "succeeded": 1, "failed": 3}
+    assert any("no result recorded (States.Timeout)" in f for f in run["failures"])
+
+
+def test_unit_near_timeout_closes_partial(handler, member):
+    member(ACCOUNT_A, "us-east-1").volume({"OpsTaskList": "snapshot-daily"})
+    plan = handler.plan(schedule_input(), FakeLambdaContext())
+    for u in plan["units"]:
+        handler.unit(u, FakeLambdaContext(remaining_ms=20_000))  # under the 30 s margin
+    closed = handler.close({"run_id": plan["run_id"]}, FakeLambdaContext())
+    assert closed["status"] == "PARTIAL"
+    assert member(ACCOUNT_A, "us-east-1").snapshots("snapshot-daily") == []
