@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-.PHONY: install demo test lint typecheck cfn validate pytest bench clean
+.PHONY: install demo test lint typecheck cfn validate pytest bench package clean
 
 install: $(STAMP)
 
@@ -38,6 +38,14 @@ test: lint typecheck cfn validate pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/snapshot_bench.py
+
+# The Lambda package: automations/, handlers/, rules/ and the runtime pins; not the CLI, tests or docs.
+# Then: sam build && sam deploy --guided
+package:
+	rm -rf build/lambda && mkdir -p build/lambda
+	cp -r automations handlers rules build/lambda/
+	cp requirements-lambda.txt build/lambda/requirements.txt
+	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
 
 clean:
 	rm -rf $(VENV) .opsbot .mypy_cache .ruff_cache .pytest_cache

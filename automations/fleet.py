@@ -2,7 +2,8 @@
 
 The hub assumes ``OpsBotExecutionRole`` (with an ExternalId) in each member account. Credentials
 are cached per account and reused for every region until they near expiry; clients are cached
-per (account, region, service) because creating a boto3 client is far more expensive than a call.
+per (account, region, service) because creating a boto3 client is far more expensive than a call,
+and all are made from the hub's one session so each service model is loaded once.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Fleet:
     role_name: str = "OpsBotExecutionRole"
     external_id: str | None = None
     session_duration_seconds: int = 3600
+    partition: str = "aws"
 
     def account(self, account_id: str) -> MemberAccount | None:
         return next((a for a in self.accounts if a.id == account_id), None)
@@ -56,7 +58,7 @@ class Fleet:
         ]
 
     def role_arn(self, account_id: str) -> str:
-        return f"arn:aws:iam::{account_id}:role/{self.role_name}"
+        return f"arn:{self.partition}:iam::{account_id}:role/{self.role_name}"
 
 
 def _fleet_checks(doc: LoadedDocument) -> list[Problem]:
@@ -86,6 +88,7 @@ def fleet_from_document(doc: LoadedDocument) -> Fleet:
         role_name=data.get("role_name", "OpsBotExecutionRole"),
         external_id=data.get("external_id"),
         session_duration_seconds=data.get("session_duration_seconds", 3600),
+        partition=data.get("partition", "aws"),
     )
 
 
@@ -97,7 +100,7 @@ class AccountAccessError(Exception):
     """A member account/region could not be reached (AssumeRole denied, region not enabled, ...)."""
 
     def __init__(self, account: str, region: str, code: str, message: str):
-        self.account, self.region, self.code = account, region, code
+        self.account, self.region, self.code, self.detail = account, region, code, message
         super().__init__(f"{account}/{region}: {code}: {message}")
 
 
@@ -163,8 +166,11 @@ class SessionBroker:
             key = (account, region, service)
             client = self._clients.get(key)
             if client is None:
-                session = boto3.Session(region_name=region, **creds.values)  # type: ignore[arg-type]
-                client = session.client(service, config=self.client_config)  # type: ignore[call-overload]
+                # One botocore session for all clients: service models (EC2's is tens of MB in memory)
+                # are loaded once, not once per (account, region).
+                client = self.base_session.client(  # type: ignore[call-overload]
+                    service, region_name=region, config=self.client_config, **creds.values
+                )
                 if self.on_client is not None:
                     self.on_client(client)
                 self._clients[key] = client

@@ -166,7 +166,7 @@ def run_unit(
     except _NotStarted:
         status, error = L.PARTIAL, "not started: the time limit was near"
     except AccountAccessError as exc:
-        status, error = L.FAILED, str(exc)
+        status, error = L.FAILED, f"{exc.code}: {exc.detail}"
     except (ClientError, BotoCoreError) as exc:
         status, error = L.FAILED, _error_text(exc)
     except Exception as exc:  # a bug must still leave a record behind, and not sink the other units

@@ -27,12 +27,19 @@ def local_environment(state: Mapping[str, object]) -> dict[str, str]:
     return env
 
 
+def apply_local_environment(state: Mapping[str, object]) -> None:
+    """Point this process at the local AWS as the hub operator; no stray token or profile may win."""
+    for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(local_environment(state))
+
+
 def activate() -> bool:
     """Point this process at the local AWS if one is up and nothing else was asked for."""
     state = server.read_state()
     if not state or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("OPSBOT_USE_AWS"):
         return False
-    os.environ.update(local_environment(state))
+    apply_local_environment(state)
     print(f"(local AWS at {state['endpoint']})", file=sys.stderr)
     return True
 

@@ -25,7 +25,9 @@ TASKS = make_tasks("tasks:\n  - {name: snapshot-daily, kind: ebs-snapshot, sched
 
 def test_credentials_cached_per_account_until_near_expiry(hub_session, fleet):
     calls = []
-    hub_session.events.register("provide-client-params.sts.AssumeRole", lambda params, **kw: calls.append(dict(params)))
+    hub_session.events.register(
+        "provide-client-params.sts.AssumeRole", lambda params, **kw: calls.append(dict(params))
+    )
     with freeze_time("2026-11-25 10:00:00") as clock:
         broker = SessionBroker(hub_session, fleet, clock=lambda: datetime.now(UTC).timestamp())
         broker.client(ACCOUNT_A, "us-east-1", "ec2")

@@ -17,7 +17,7 @@ from pathlib import Path
 from automations.runs import Trigger, plan_run, run_now
 from automations.runtime import Settings, build_notifier, build_runtime
 from opsbot.cli import runs_table
-from opsbot.environment import local_environment, session
+from opsbot.environment import apply_local_environment, session
 from opsbot.local import server
 from opsbot.local.lifecycle import seed_into
 from opsbot.local.slack_standin import SlackStandIn
@@ -47,7 +47,7 @@ def demo(port: int = 0) -> int:
             state = seed_into(server.endpoint(port), slack.base_url, token)
             for line in state["seed_lines"]:
                 print("  " + line)
-            os.environ.update(local_environment({"endpoint": server.endpoint(port), **state}))
+            apply_local_environment({"endpoint": server.endpoint(port), **state})
             settings = Settings.from_mapping(os.environ)
             rt = build_runtime(settings, session())
             from aws_lambda_powertools.utilities import parameters

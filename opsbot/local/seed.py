@@ -60,6 +60,7 @@ def _member_session(base: boto3.Session, fleet: Fleet, account: str) -> boto3.Se
         aws_access_key_id=creds["AccessKeyId"],
         aws_secret_access_key=creds["SecretAccessKey"],
         aws_session_token=creds["SessionToken"],
+        region_name=base.region_name,
     )
 
 
@@ -169,9 +170,28 @@ def seed_region(
     volume("logs-archive", 500, OpsTaskList=f"{task},snapshot-weekly")
     volume("scratch", 50)  # not opted in
 
-    # History for web-1's data volume: eight earlier opsbot snapshots of this task (the oldest
-    # registered to an AMI), and one that a person took by hand. Retention may thin opsbot's only.
-    history = []
+    # An older opsbot snapshot of this volume registered as an AMI's root: retention must keep it.
+    # (moto's RegisterImage makes its own backing snapshot, so that one is labelled as opsbot's.)
+    image = ec2.register_image(
+        Name=f"web-1-golden-{region}",
+        RootDeviceName="/dev/sda1",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 100}}],
+    )
+    backing = ec2.describe_images(ImageIds=[image["ImageId"]])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]
+    ec2.create_tags(
+        Resources=[backing["SnapshotId"]],
+        Tags=_tags(
+            **{
+                "opsbot:task": task,
+                "opsbot:slot": slot_label((now() - timedelta(days=9)).replace(hour=3, minute=0)),
+                "opsbot:volume-id": data,
+                "opsbot:run-id": "seed",
+            }
+        ),
+    )
+    # Then eight earlier opsbot snapshots of this task, and one that a person took by hand.
+    # Retention may thin opsbot's only, and never the AMI's.
+    history = [backing["SnapshotId"]]
     for days_ago in range(8, 0, -1):
         slot = slot_label((now() - timedelta(days=days_ago)).replace(hour=3, minute=0))
         snap = ec2.create_snapshot(
@@ -193,26 +213,6 @@ def seed_region(
         )
         history.append(snap["SnapshotId"])
     report.snapshots += len(history)
-    # An older opsbot snapshot of this volume registered as an AMI's root: retention must keep it.
-    # (moto's RegisterImage makes its own backing snapshot, so that one is labelled as opsbot's.)
-    image = ec2.register_image(
-        Name=f"web-1-golden-{region}",
-        RootDeviceName="/dev/sda1",
-        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 100}}],
-    )
-    backing = ec2.describe_images(ImageIds=[image["ImageId"]])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]
-    ec2.create_tags(
-        Resources=[backing["SnapshotId"]],
-        Tags=_tags(
-            **{
-                "opsbot:task": task,
-                "opsbot:slot": slot_label((now() - timedelta(days=9)).replace(hour=3, minute=0)),
-                "opsbot:volume-id": data,
-                "opsbot:run-id": "seed",
-            }
-        ),
-    )
-    history.append(backing["SnapshotId"])
     report.images += 1
     ec2.create_snapshot(
         VolumeId=data,

@@ -83,6 +83,9 @@ def stop(pid: int) -> None:
 def set_enforce_iam(url: str, enforce: bool) -> None:
     """moto's own switch: after this, every request must be signed by a known key and allowed by IAM."""
     body = b"0" if enforce else b"inf"
-    req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=body, method="POST")
+    # Not form-encoded: moto reads the raw body, which Flask leaves empty for form posts.
+    req = urllib.request.Request(
+        f"{url}/moto-api/reset-auth", data=body, method="POST", headers={"Content-Type": "text/plain"}
+    )
     with urllib.request.urlopen(req, timeout=5):
         pass

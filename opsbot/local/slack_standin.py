@@ -19,7 +19,7 @@ CHANNEL_ID = "C0LOCALOPS"
 
 def render(payload: dict[str, Any]) -> str:
     """Block Kit as plain text, roughly as Slack lays it out."""
-    lines = [f"--- Slack #{payload.get('channel', '?')} ---"]
+    lines = [f"--- Slack #{str(payload.get('channel', '?')).lstrip('#')} ---"]
     for block in payload.get("blocks") or []:
         kind = block.get("type")
         if kind == "header":
