@@ -4,6 +4,7 @@ Single-table layout (pk / sk):
   RUN#<run_id> / RUN                               the run: task, trigger, slot, scope, status, counts
   RUN#<run_id> / UNIT#<account>#<region>           one unit of work (task, account, region)
   RUN#<run_id> / ACTION#<account>#<region>#<res>#<action>   one action on one resource
+An event-driven remediation is one item (RUN#sg-<event id> / RUN) with its actions inside.
 GSI ``by-time`` (gsi1pk = "RUN", gsi1sk = started_at#run_id) lists recent runs newest first.
 Every item carries ``expires_at`` (epoch seconds) for DynamoDB TTL.
 """
@@ -112,6 +113,24 @@ class Ledger:
             ConditionExpression="attribute_exists(pk)",
         )
 
+    def record_event(self, run_id: str, attrs: dict[str, Any]) -> None:
+        """An event-driven action as one item (one write): the run and its actions together.
+
+        Listed with the scheduled runs; a redelivered event rewrites the same item."""
+        now = iso(self.clock())
+        item = {
+            "pk": f"RUN#{run_id}",
+            "sk": "RUN",
+            "run_id": run_id,
+            "started_at": now,
+            "ended_at": now,
+            "gsi1pk": "RUN",
+            "gsi1sk": f"{now}#{run_id}",
+            "expires_at": self._expiry(),
+            **attrs,
+        }
+        self.table.put_item(Item=_dynamo(item))
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         item = self.table.get_item(Key={"pk": f"RUN#{run_id}", "sk": "RUN"}).get("Item")
         return plain(item) if item else None
@@ -135,6 +154,16 @@ class Ledger:
             if "LastEvaluatedKey" not in resp:
                 return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    # ---- small state values (e.g. the digest of the rules a sweep last ran with) ----------
+    def swap_state(self, name: str, value: str) -> str | None:
+        """Set ``name`` to ``value``; returns the previous value (None the first time)."""
+        resp = self.table.put_item(
+            Item={"pk": f"STATE#{name}", "sk": "STATE", "value": value, "updated_at": iso(self.clock())},
+            ReturnValues="ALL_OLD",
+        )
+        old = resp.get("Attributes", {}).get("value")
+        return str(old) if old is not None else None
 
     # ---- units ------------------------------------------------------------------------
     def record_unit(self, run_id: str, account: str, region: str, **attrs: Any) -> None:

@@ -24,14 +24,47 @@ from automations.fleet import AccountAccessError, Fleet, SessionBroker
 from automations.ledger import Ledger
 from automations.notify import Alert, Notifier
 from automations.schedules import slot_for, slot_label
-from automations.snapshots import UnitContext, UnitOutcome, snapshot_unit
+from automations.sg_policy import SgPolicy
+from automations.sg_remediation import RUNBOOK as SG_RUNBOOK
+from automations.sg_remediation import sweep_unit
+from automations.snapshots import snapshot_unit
 from automations.tasks import TaskDefinition
+from automations.units import UnitContext, UnitOutcome
 
 log = logging.getLogger(__name__)
 
 KindRunner = Callable[[Any, UnitContext], UnitOutcome]
-# Task kind -> (AWS service the unit needs, function running one unit). New kinds register here.
-TASK_KINDS: dict[str, tuple[str, KindRunner]] = {"ebs-snapshot": ("ec2", snapshot_unit)}
+# Counts that make a run worth telling on-call about even when it SUCCEEDED.
+NOTEWORTHY = ("revoked", "would_revoke", "alerted", "failed")
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    service: str  # the AWS service a unit needs a client for
+    runner: KindRunner
+    # For kinds whose first run after a rules change only reports: returns why, or None.
+    report_only_reason: Callable[[Ledger], str | None] | None = None
+
+
+def task_kinds(sg_policy: SgPolicy | None = None) -> dict[str, TaskKind]:
+    """Task kind -> how to run one unit of it. New kinds register here."""
+    kinds = {"ebs-snapshot": TaskKind("ec2", snapshot_unit)}
+    if sg_policy is not None:
+        policy = sg_policy
+        kinds["security-group-sweep"] = TaskKind(
+            "ec2",
+            lambda ec2, ctx: sweep_unit(ec2, ctx, policy),
+            lambda ledger: _sweep_report_only(ledger, policy),
+        )
+    return kinds
+
+
+def _sweep_report_only(ledger: Ledger, policy: SgPolicy) -> str | None:
+    if not policy.sweep_report_only_after_rules_change:
+        return None
+    if ledger.swap_state("sg-policy-digest", policy.digest) == policy.digest:
+        return None
+    return f"first sweep after a change to rules/security_groups.yaml (digest {policy.digest}): report only"
 
 
 class TaskError(ValueError):
@@ -88,16 +121,21 @@ def plan_run(
     accounts: list[str] | None = None,
     regions: list[str] | None = None,
     dry_run: bool | None = None,
+    kinds: Mapping[str, TaskKind] | None = None,
 ) -> Plan:
     """Work out the slot and the units, and open the run record. ``when`` is the event/slot time."""
     task = tasks.get(task_name.lower())
     if task is None:
         raise TaskError(f"unknown task {task_name!r}; defined: {sorted(tasks)}")
+    kind = (kinds or task_kinds()).get(task.kind)
+    if kind is None:
+        raise TaskError(f"task {task.name!r}: kind {task.kind!r} is not available here")
+    report_only = kind.report_only_reason(ledger) if kind.report_only_reason and dry_run is None else None
     slot = slot_for(task.schedule, when)
     scope_accounts = _narrow(task.scope_accounts, accounts)
     scope_regions = _narrow(task.scope_regions, regions)
     targets = fleet.targets(scope_accounts, scope_regions)
-    effective_dry_run = task.dry_run if dry_run is None else dry_run
+    effective_dry_run = (task.dry_run or report_only is not None) if dry_run is None else dry_run
     run_id = new_run_id(task.name, slot)
     ledger.open_run(
         run_id,
@@ -108,6 +146,7 @@ def plan_run(
         dry_run=effective_dry_run,
         scope={"accounts": scope_accounts, "regions": scope_regions},
         planned_units=[f"{a}/{r}" for a, r in targets],
+        report_only_reason=report_only,
     )
     units = [Unit(run_id, task.name, a, r, slot.isoformat(), effective_dry_run) for a, r in targets]
     return Plan(run_id, units)
@@ -133,17 +172,18 @@ def run_unit(
     ledger: Ledger,
     deadline: Deadline,
     clock: Callable[[], datetime] = L.utcnow,
+    kinds: Mapping[str, TaskKind] | None = None,
 ) -> dict[str, Any]:
     """Run one (task, account, region); always records the unit, whatever happens."""
     task = tasks[unit.task]
-    service, runner = TASK_KINDS[task.kind]
+    kind = (kinds or task_kinds())[task.kind]
     started = L.iso(clock())
     status, error = L.SUCCEEDED, None
     outcome = UnitOutcome()
     try:
         if deadline.near():  # too late to start: leave it for a re-run of the slot, but say so
             raise _NotStarted()
-        client = broker.client(unit.account, unit.region, service)
+        client = broker.client(unit.account, unit.region, kind.service)
         with ledger.action_recorder(unit.run_id) as record:
             ctx = UnitContext(
                 run_id=unit.run_id,
@@ -157,7 +197,7 @@ def run_unit(
                 deadline=deadline,
                 now=clock,
             )
-            outcome = runner(client, ctx)
+            outcome = kind.runner(client, ctx)
         if outcome.stopped_early:
             not_started = outcome.counts["not_started"]
             status, error = L.PARTIAL, f"stopped before the time limit; not started: {not_started}"
@@ -227,15 +267,44 @@ def close_run(
         failures=failures,
     )
     closed = ledger.get_run(run_id) or run
-    if status != L.SUCCEEDED and notifier is not None:
-        notifier.send(run_alert(closed))
+    if notifier is not None and (status != L.SUCCEEDED or any(counts[k] for k in NOTEWORTHY)):
+        findings = []
+        if closed.get("kind") == "security-group-sweep":
+            findings = [
+                f"{a['outcome']}: {a['account']}/{a['region']} {a['detail']['group_id']} {a['resource']} "
+                f"{a['detail']['rule']} (rule {a['detail']['policy_rule']})"
+                for a in ledger.actions(run_id)
+                if a["outcome"] in ("revoked", "would-revoke", "alerted", "failed")
+            ]
+        notifier.send(run_alert(closed, findings))
     return closed
 
 
-def run_alert(run: Mapping[str, Any]) -> Alert:
+def run_alert(run: Mapping[str, Any], findings: list[str] | None = None) -> Alert:
     counts = run.get("counts", {})
     units = run.get("units", {})
     failures = list(run.get("failures", []))
+    if run.get("kind") == "security-group-sweep":
+        return Alert(
+            kind="sg-sweep",
+            title=f"opsbot security-group sweep {run['status']}: {counts.get('revoked', 0)} revoked, "
+            f"{counts.get('would_revoke', 0)} to revoke, {counts.get('alerted', 0)} alert-only",
+            severity="critical" if counts.get("failed") or run["status"] != L.SUCCEEDED else "warning",
+            summary=(
+                f"Sweep `{run['run_id']}` checked {counts.get('rules_checked', 0)} rules in "
+                f"{units.get('total', 0)} account/regions. "
+                + (run.get("report_only_reason") or ("Report only (dry run)." if run.get("dry_run") else ""))
+            ),
+            fields=[
+                ("Revoked", str(counts.get("revoked", 0))),
+                ("Would revoke", str(counts.get("would_revoke", 0))),
+                ("Alert-only findings", str(counts.get("alerted", 0))),
+                ("Exempt", str(counts.get("exempt", 0))),
+                ("Failed", str(counts.get("failed", 0))),
+            ],
+            details=failures + (findings or []),
+            context=f"`opsbot runs show {run['run_id']}` · runbook: {SG_RUNBOOK}",
+        )
     return Alert(
         kind="task-run",
         title=f"opsbot task {run['task']} {run['status']}",
@@ -268,10 +337,11 @@ def run_now(
     deadline: Deadline | None = None,
     max_workers: int = 8,
     clock: Callable[[], datetime] = L.utcnow,
+    kinds: Mapping[str, TaskKind] | None = None,
 ) -> dict[str, Any]:
     """Local/test runner: the same plan/unit/close steps as the state machine, in a thread pool."""
     deadline = deadline or Deadline.never()
     if plan.units:
         with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(plan.units)))) as pool:
-            list(pool.map(lambda u: run_unit(u, tasks, broker, ledger, deadline, clock), plan.units))
+            list(pool.map(lambda u: run_unit(u, tasks, broker, ledger, deadline, clock, kinds), plan.units))
     return close_run(plan.run_id, ledger, notifier)

@@ -19,6 +19,8 @@ from slack_sdk import WebClient
 from automations.fleet import CLIENT_CONFIG, Fleet, SessionBroker, load_fleet
 from automations.ledger import Ledger, utcnow
 from automations.notify import Notifier
+from automations.runs import TaskKind, task_kinds
+from automations.sg_policy import SgPolicy, load_policy
 from automations.tasks import TaskDefinition, load_tasks
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
@@ -52,6 +54,11 @@ class Runtime:
     fleet: Fleet
     tasks: dict[str, TaskDefinition]
     broker: SessionBroker
+    sg_policy: SgPolicy | None = None
+
+    @property
+    def kinds(self) -> dict[str, TaskKind]:
+        return task_kinds(self.sg_policy)
 
 
 def slack_client(token: str | None, api_url: str | None) -> WebClient | None:
@@ -86,4 +93,6 @@ def build_runtime(
     tasks = load_tasks(settings.rules_dir / "tasks.yaml")
     table = session.resource("dynamodb", config=CLIENT_CONFIG).Table(settings.ledger_table)
     broker = SessionBroker(session, fleet, on_client=on_client)
-    return Runtime(settings, Ledger(table, settings.ledger_ttl_days, clock), fleet, tasks, broker)
+    policy_file = settings.rules_dir / "security_groups.yaml"
+    policy = load_policy(policy_file) if policy_file.exists() else None
+    return Runtime(settings, Ledger(table, settings.ledger_ttl_days, clock), fleet, tasks, broker, policy)

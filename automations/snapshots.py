@@ -8,48 +8,21 @@ is due for deletion; then one CreateSnapshot per volume and one DeleteSnapshot p
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from automations.deadline import Deadline
-from automations.ledger import Action
 from automations.schedules import slot_label
-from automations.tasks import TaskDefinition, parse_task_list
+from automations.tasks import parse_task_list
+from automations.units import UnitContext, UnitOutcome
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 TAG_TASK, TAG_RUN, TAG_SLOT = "opsbot:task", "opsbot:run-id", "opsbot:slot"
 TAG_VOLUME, TAG_INSTANCE = "opsbot:volume-id", "opsbot:instance-id"
 MAX_UNKNOWN_SAMPLES = 5
-
-
-@dataclass
-class UnitContext:
-    run_id: str
-    task: TaskDefinition
-    account: str
-    region: str
-    slot: datetime
-    dry_run: bool
-    known_tasks: frozenset[str]
-    record: Callable[[Action], None]
-    deadline: Deadline
-    now: Callable[[], datetime]
-
-    def about(self, resource: str, action: str) -> Callable[..., Action]:
-        """An Action constructor with this unit's account/region and the resource/action filled in."""
-        return partial(Action, self.account, self.region, resource, action)
-
-
-@dataclass
-class UnitOutcome:
-    counts: Counter[str] = field(default_factory=Counter)
-    unknown_tasks: dict[str, list[str]] = field(default_factory=dict)
-    stopped_early: bool = False
 
 
 @dataclass

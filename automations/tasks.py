@@ -14,7 +14,15 @@ DEFAULT_SELECTION_TAG = "OpsTaskList"
 DEFAULT_SNAPSHOT_DESCRIPTION = "opsbot {task} {volume_id} slot {slot}"
 # Placeholders a snapshot description may use; anything else is a typo caught by `opsbot validate`.
 DESCRIPTION_FIELDS = frozenset({"task", "volume_id", "instance_id", "slot", "account", "region", "run_id"})
-TASK_KINDS = ("ebs-snapshot",)
+TASK_KINDS = ("ebs-snapshot", "security-group-sweep")
+# Keys that only mean something for snapshot tasks.
+SNAPSHOT_ONLY_KEYS = (
+    "retention",
+    "copy_tags",
+    "exclude_boot_volume",
+    "snapshot_description",
+    "selection_tag",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,12 @@ def _semantic_checks(doc: LoadedDocument) -> list[Problem]:
             )
         else:
             first_seen[name] = i
+        if task["kind"] != "ebs-snapshot":
+            for key in SNAPSHOT_ONLY_KEYS:
+                if key in task:
+                    problems.append(
+                        doc.problem(("tasks", i, key), f"{key!r} applies to ebs-snapshot tasks only")
+                    )
         try:
             schedules.validate(task["schedule"])
         except schedules.ScheduleError as exc:

@@ -4,7 +4,7 @@ and the runtime (ledger, fleet, broker, notifier) built once per cold start."""
 from __future__ import annotations
 
 import os
-from functools import cache
+from functools import cache, lru_cache
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -32,7 +32,13 @@ def notifier() -> Notifier:
     secret_name = os.environ.get("OPSBOT_SLACK_SECRET_NAME")
     # Powertools Parameters caches for max_age seconds: a rotated token is picked up without a redeploy.
     token = parameters.get_secret(secret_name, max_age=300) if secret_name else None
-    return build_notifier(Settings.from_mapping(os.environ), boto3.Session(), str(token) if token else None)
+    return _notifier_for(str(token) if token else None)
+
+
+@lru_cache(maxsize=2)
+def _notifier_for(token: str | None) -> Notifier:
+    """Clients are reused across warm invocations; a new token builds a new notifier."""
+    return build_notifier(Settings.from_mapping(os.environ), boto3.Session(), token)
 
 
 def idempotency_store() -> DynamoDBPersistenceLayer:

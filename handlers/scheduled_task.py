@@ -29,7 +29,7 @@ def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     trigger = Trigger(type="schedule", event_id=event.get("id"), event_time=event.get("time"))
     when = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
-    result = plan_run(rt.ledger, rt.fleet, rt.tasks, event["task"], trigger, when).as_dict()
+    result = plan_run(rt.ledger, rt.fleet, rt.tasks, event["task"], trigger, when, kinds=rt.kinds).as_dict()
     logger.info("planned run", extra={"run_id": result["run_id"], "units": len(result["units"])})
     return result
 
@@ -44,7 +44,7 @@ def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     deadline = Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS)
-    summary = run_unit(Unit.from_dict(event), rt.tasks, rt.broker, rt.ledger, deadline)
+    summary = run_unit(Unit.from_dict(event), rt.tasks, rt.broker, rt.ledger, deadline, kinds=rt.kinds)
     for name in ("created", "deleted", "failed"):
         metrics.add_metric(
             name=f"Snapshots{name.title()}", unit=MetricUnit.Count, value=summary["counts"].get(name, 0)

@@ -129,11 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             accounts=args.account or None,
             regions=args.region or None,
             dry_run=True if args.dry_run else None,
+            kinds=rt.kinds,
         )
     except TaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = run_now(plan, rt.tasks, rt.broker, rt.ledger, _notifier(rt.settings))
+    run = run_now(plan, rt.tasks, rt.broker, rt.ledger, _notifier(rt.settings), kinds=rt.kinds)
     print(runs_table([run]))
     return 0 if run["status"] == "SUCCEEDED" else 1
 
@@ -211,7 +212,15 @@ def show_run(ledger: Ledger, run_id: str) -> str:
             "\nunknown task names in tags: "
             + "; ".join(f"{name} on {', '.join(res)}" for name, res in run["unknown_tasks"].items())
         )
-    actions = ledger.actions(run_id)
+    actions = run.get("actions") or ledger.actions(run_id)  # event-driven runs keep actions inline
+    if run.get("actor"):
+        actor = run["actor"]
+        out.append(
+            f"\n{run.get('event_name')} by {actor['arn']} ({actor['principal_type']}) from "
+            f"{actor['source_ip']} [{actor['user_agent'][:60]}]; latency {run.get('latency_seconds')}s"
+        )
+    if run.get("ignored"):
+        out.append(f"ignored: {run['ignored']}")
     out.append("")
     out.append(
         table(

@@ -35,6 +35,7 @@ from automations.tasks import TaskDefinition, load_tasks
 from opsbot.local.hub import LEDGER_TABLE, create_tables
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT_RULES = Path(__file__).parent.parent / "rules"
 ACCOUNT_A, ACCOUNT_B = "210987654321", "345678901234"
 REGIONS = ("us-east-1", "eu-west-1")
 EXTERNAL_ID = "opsbot-test"
@@ -126,3 +127,17 @@ def member(broker: SessionBroker) -> Any:
         return MemberRegion(ec2, zone, image)
 
     return get
+
+
+@dataclass
+class FakeLambdaContext:
+    """The Lambda runtime's context object (not an AWS API): the attributes Powertools reads."""
+
+    function_name: str = "opsbot-unit"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:opsbot-unit"
+    aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+    remaining_ms: int = 600_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms

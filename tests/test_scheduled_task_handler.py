@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.conftest import ACCOUNT_A, ACCOUNT_B, FIXTURES
+from tests.conftest import ACCOUNT_A, ACCOUNT_B, FIXTURES, FakeLambdaContext
 
 FLEET = f"""
 role_name: OpsBotExecutionRole
@@ -19,20 +18,6 @@ accounts:
   - {{id: "{ACCOUNT_B}", name: b}}
 """
 TASKS = "tasks:\n  - {name: snapshot-daily, kind: ebs-snapshot, schedule: 'cron(0 3 * * ? *)', retention: {keep_last: 2}}\n"
-
-
-@dataclass
-class FakeLambdaContext:
-    """The Lambda runtime's context object (not an AWS API): the attributes Powertools reads."""
-
-    function_name: str = "opsbot-unit"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:opsbot-unit"
-    aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
-    remaining_ms: int = 600_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 @pytest.fixture

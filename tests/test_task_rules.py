@@ -73,7 +73,10 @@ def test_unknown_kind_and_missing_schedule():
     text = "tasks:\n  - name: cleanup\n    kind: ami-cleanup\n"
     found = problems(text)
     assert "rules/tasks.yaml:2: tasks[0]: 'schedule' is a required property" in found
-    assert "rules/tasks.yaml:3: tasks[0].kind: 'ami-cleanup' is not one of ['ebs-snapshot']" in found
+    assert (
+        "rules/tasks.yaml:3: tasks[0].kind: 'ami-cleanup' is not one of ['ebs-snapshot', 'security-group-sweep']"
+        in found
+    )
 
 
 def test_every_problem_reported_not_only_the_first():
@@ -121,4 +124,4 @@ def test_cli_validate_prints_file_line_and_fails(tmp_path, capsys):
 
 def test_cli_validate_ok_on_shipped_rules(capsys):
     assert main(["validate"]) == 0
-    assert "ok: 2 task(s)" in capsys.readouterr().out
+    assert "ok: 3 task(s)" in capsys.readouterr().out

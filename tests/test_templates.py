@@ -113,7 +113,7 @@ def test_schedule_rules_start_the_state_machine_with_the_task_input(hub: dict[st
 
 
 def test_dead_letter_queue_accepts_every_schedule_rule_and_nothing_else(hub: dict[str, Any]) -> None:
-    (policy,) = resources(hub, "AWS::SQS::QueuePolicy").values()
+    policy = hub["Resources"]["ScheduleDeadLetterQueuePolicy"]
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
     assert as_list(statement["Action"]) == ["sqs:SendMessage"]
@@ -146,6 +146,18 @@ EXPECTED_ACTIONS = {
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
+        "ssm:GetParameter",
+    },
+    "handlers.sg_events.handler": {
+        "sts:AssumeRole",
+        "dynamodb:PutItem",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "sns:Publish",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+        "secretsmanager:GetSecretValue",
         "ssm:GetParameter",
     },
     "handlers.scheduled_task.close": {
@@ -205,10 +217,14 @@ def test_ledger_and_idempotency_grants_point_at_their_tables(hub: dict[str, Any]
         assert uses_idempotency == (handler != "handlers.scheduled_task.close"), lid
 
 
-def test_unit_function_is_the_only_one_that_assumes_member_roles(hub: dict[str, Any]) -> None:
+# The functions that act in member accounts; no other may assume the member role.
+MEMBER_ACTING = ("handlers.scheduled_task.unit", "handlers.sg_events.handler")
+
+
+def test_only_member_acting_functions_assume_member_roles(hub: dict[str, Any]) -> None:
     for handler, (lid, function) in functions_by_handler(hub).items():
         assumes = [s for s in function_statements(function) if "sts:AssumeRole" in as_list(s["Action"])]
-        if handler != "handlers.scheduled_task.unit":
+        if handler not in MEMBER_ACTING:
             assert not assumes, lid
             continue
         (statement,) = assumes
@@ -242,8 +258,8 @@ def test_every_setting_the_code_reads_is_set_by_the_template(hub: dict[str, Any]
 
 # ---- member role ----------------------------------------------------------------------------
 def member_role(member: dict[str, Any]) -> dict[str, Any]:
-    (role,) = resources(member, "AWS::IAM::Role").values()
-    return role["Properties"]
+    properties: dict[str, Any] = member["Resources"]["OpsBotExecutionRole"]["Properties"]
+    return properties
 
 
 def test_member_role_trust_requires_external_id_and_hub_opsbot_roles(member: dict[str, Any]) -> None:
@@ -274,14 +290,17 @@ def test_member_trust_admits_the_hub_roles_the_hub_template_creates(
     assert hub["Parameters"]["MemberRoleName"]["Default"] == member["Parameters"]["RoleName"]["Default"]
 
 
-def test_member_role_grants_what_the_snapshot_code_calls(member: dict[str, Any]) -> None:
+def test_member_role_grants_what_the_member_side_code_calls(member: dict[str, Any]) -> None:
     statements = [s for p in member_role(member)["Policies"] for s in p["PolicyDocument"]["Statement"]]
     granted = {a for s in statements for a in as_list(s["Action"])}
-    code = (ROOT / "automations" / "snapshots.py").read_text(encoding="utf-8")
-    calls = set(re.findall(r"\"(describe_\w+)\"", code)) | set(
-        re.findall(r"ec2\.((?:create|delete)_\w+)\(", code)
+    code = "".join(
+        (ROOT / "automations" / name).read_text(encoding="utf-8")
+        for name in ("snapshots.py", "sg_remediation.py")
     )
-    assert calls, "found no EC2 calls in automations/snapshots.py"
+    calls = set(re.findall(r"\"(describe_\w+)\"", code)) | set(
+        re.findall(r"ec2\.((?:create|delete|revoke|describe)_\w+)\b", code)
+    )
+    assert {"revoke_security_group_ingress", "revoke_security_group_egress", "describe_tags"} <= calls
     needed = {"ec2:" + "".join(w.title() for w in call.split("_")) for call in calls}
     if "TagSpecifications" in code:
         needed.add("ec2:CreateTags")  # tagging on create is authorised as CreateTags
@@ -302,6 +321,19 @@ def test_member_role_changes_only_what_opsbot_creates(member: dict[str, Any]) ->
             assert statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "CreateSnapshot"
         if statement["Resource"] == "*":
             assert all(a.startswith("ec2:Describe") for a in actions), statement
+
+
+def test_member_forwards_exactly_the_events_the_hub_handles(
+    hub: dict[str, Any], member: dict[str, Any]
+) -> None:
+    (lid, function) = functions_by_handler(hub)["handlers.sg_events.handler"]
+    (event,) = function["Properties"]["Events"].values()
+    forward = member["Resources"]["ForwardSecurityGroupEvents"]["Properties"]
+    assert forward["EventPattern"] == event["Properties"]["Pattern"], lid
+    (target,) = forward["Targets"]
+    assert target["Arn"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${HubAccountId}:event-bus/default"
+    }
 
 
 # ---- state ----------------------------------------------------------------------------------

@@ -1,0 +1,412 @@
+"""Security-group auto-remediation: from a CloudTrail event (via EventBridge) to revoked rules.
+
+Modern records carry the new rules' ids in ``responseElements.securityGroupRuleSet``: those are
+evaluated as they are, with no describe of the group. Older records (no rule set), groupName-only
+requests and ModifySecurityGroupRules are resolved to rule ids with DescribeSecurityGroupRules.
+Only the offending rules are revoked, by rule id: one CIDR of a multi-CIDR permission goes, the rest
+stays. A rule already gone counts as done; only the caller whose revoke succeeded alerts, so two
+events racing for the same rule give one revoke and one alert.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from automations.fleet import AccountAccessError, SessionBroker
+from automations.ledger import Action, Ledger, iso
+from automations.notify import Alert, Notifier
+from automations.sg_policy import SgPolicy, SgRule, Verdict, normalise_protocol
+from automations.snapshots import UnitContext, UnitOutcome
+
+HANDLED_EVENTS = ("AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "ModifySecurityGroupRules")
+GONE_CODES = ("InvalidPermission.NotFound", "InvalidSecurityGroupRuleId.NotFound", "InvalidGroup.NotFound")
+RUNBOOK = "docs/runbooks/security-group-remediation.md"
+
+
+class EventError(ValueError):
+    """An event opsbot cannot act on; the message names the event id."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    arn: str
+    principal_type: str
+    source_ip: str
+    user_agent: str
+
+    @classmethod
+    def from_detail(cls, detail: Mapping[str, Any]) -> Actor:
+        identity = detail.get("userIdentity") or {}
+        return cls(
+            arn=identity.get("arn") or identity.get("principalId") or "unknown",
+            principal_type=identity.get("type", "unknown"),
+            source_ip=detail.get("sourceIPAddress", ""),
+            user_agent=detail.get("userAgent", ""),
+        )
+
+
+@dataclass
+class Outcome:
+    """What happened to one offending rule."""
+
+    verdict: Verdict
+    result: str  # revoked | already-gone | would-revoke | alerted | exempt | failed
+    error: str | None = None
+
+
+@dataclass
+class Remediation:
+    event_id: str
+    event_name: str
+    account: str
+    region: str
+    actor: Actor
+    event_time: datetime
+    outcomes: list[Outcome] = field(default_factory=list)
+    ignored: str | None = None
+    checked: int = 0
+
+    @property
+    def to_notify(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.result in ("revoked", "alerted", "failed")]
+
+
+def _items(node: Any) -> list[Any]:
+    """CloudTrail renders EC2 lists as {"items": [...]} (or {} when empty)."""
+    if isinstance(node, dict):
+        return list(node.get("items", []))
+    return list(node or [])
+
+
+def _requested_permissions(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Requested permissions, flattened one source each, from ipPermissions or the flat legacy form."""
+    perms = _items(params.get("ipPermissions"))
+    if not perms and params.get("ipProtocol") is not None:
+        perms = [
+            {
+                "ipProtocol": params["ipProtocol"],
+                "fromPort": params.get("fromPort"),
+                "toPort": params.get("toPort"),
+                "ipRanges": {"items": [{"cidrIp": params["cidrIp"]}]} if params.get("cidrIp") else {},
+            }
+        ]
+    out = []
+    for perm in perms:
+        base = {
+            "protocol": normalise_protocol(perm.get("ipProtocol")),
+            "from_port": perm.get("fromPort"),
+            "to_port": perm.get("toPort"),
+        }
+        out += [{**base, "cidr_ipv4": r.get("cidrIp")} for r in _items(perm.get("ipRanges"))]
+        out += [{**base, "cidr_ipv6": r.get("cidrIpv6")} for r in _items(perm.get("ipv6Ranges"))]
+        out += [{**base, "prefix_list_id": r.get("prefixListId")} for r in _items(perm.get("prefixListIds"))]
+        out += [{**base, "referenced_group_id": g.get("groupId")} for g in _items(perm.get("groups"))]
+    return out
+
+
+def _same(rule: SgRule, wanted: Mapping[str, Any]) -> bool:
+    def port(value: Any) -> int | None:
+        return None if value is None else int(value)
+
+    if rule.protocol != wanted["protocol"]:
+        return False
+    if rule.protocol != "all" and (port(wanted["from_port"]), port(wanted["to_port"])) != (
+        rule.from_port,
+        rule.to_port,
+    ):
+        return False
+    return all(
+        getattr(rule, key) == value
+        for key, value in wanted.items()
+        if key.startswith(("cidr", "prefix", "ref"))
+    )
+
+
+def _describe_rules(ec2: Any, account: str, region: str, **kwargs: Any) -> list[SgRule]:
+    rules = []
+    for page in ec2.get_paginator("describe_security_group_rules").paginate(**kwargs):
+        rules += [SgRule.from_api(account, region, r) for r in page["SecurityGroupRules"]]
+    return rules
+
+
+def _group_id_by_name(ec2: Any, name: str) -> str:
+    """groupName-only requests address a group in the default VPC (or EC2-Classic)."""
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    filters = [{"Name": "group-name", "Values": [name]}]
+    if vpcs:
+        filters.append({"Name": "vpc-id", "Values": [vpcs[0]["VpcId"]]})
+    groups = ec2.describe_security_groups(Filters=filters)["SecurityGroups"]
+    if not groups:
+        raise EventError(f"no security group named {name!r} in the default VPC")
+    return str(groups[0]["GroupId"])
+
+
+def rules_from_event(ec2: Any, account: str, region: str, detail: Mapping[str, Any]) -> list[SgRule]:
+    """The rules the event created or changed, as they are now."""
+    name = detail["eventName"]
+    params = detail.get("requestParameters") or {}
+    response = detail.get("responseElements") or {}
+    if name == "ModifySecurityGroupRules":
+        request = params.get("ModifySecurityGroupRulesRequest", params)
+        entries = request.get("SecurityGroupRule") or request.get("SecurityGroupRules") or []
+        entries = entries if isinstance(entries, list) else [entries]
+        ids = [e["SecurityGroupRuleId"] for e in entries if e.get("SecurityGroupRuleId")]
+        return _describe_rules(ec2, account, region, SecurityGroupRuleIds=ids) if ids else []
+    rule_set = _items(response.get("securityGroupRuleSet"))
+    if rule_set:
+        return [SgRule.from_api(account, region, item) for item in rule_set]
+    # Older record: no rule ids. Find the rules the request asked for in the group as it is now.
+    group_id = params.get("groupId") or _group_id_by_name(ec2, params["groupName"])
+    egress = name == "AuthorizeSecurityGroupEgress"
+    wanted = _requested_permissions(params)
+    current = _describe_rules(ec2, account, region, Filters=[{"Name": "group-id", "Values": [group_id]}])
+    return [r for r in current if r.is_egress == egress and any(_same(r, w) for w in wanted)]
+
+
+def _group_tags(ec2: Any, group_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Tags of the groups, with one DescribeTags call (not a describe of the groups)."""
+    ids = sorted(set(group_ids))
+    tags: dict[str, dict[str, str]] = {g: {} for g in ids}
+    if not ids:
+        return tags
+    for page in ec2.get_paginator("describe_tags").paginate(Filters=[{"Name": "resource-id", "Values": ids}]):
+        for t in page["Tags"]:
+            tags.setdefault(t["ResourceId"], {})[t["Key"]] = t["Value"]
+    return tags
+
+
+def _error(exc: ClientError) -> tuple[str, str]:
+    err = exc.response.get("Error", {})
+    return err.get("Code", "ClientError"), f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}"
+
+
+def revoke(ec2: Any, verdicts: list[Verdict]) -> list[Outcome]:
+    """Revoke by rule id, one call per group and direction; a rule already gone is done, not an error."""
+    outcomes: list[Outcome] = []
+    batches: dict[tuple[str, bool], list[Verdict]] = {}
+    for v in verdicts:
+        batches.setdefault((v.rule.group_id, v.rule.is_egress), []).append(v)
+    for (group_id, egress), batch in batches.items():
+        call = ec2.revoke_security_group_egress if egress else ec2.revoke_security_group_ingress
+        try:
+            call(GroupId=group_id, SecurityGroupRuleIds=[v.rule.rule_id for v in batch])
+            outcomes += [Outcome(v, "revoked") for v in batch]
+            continue
+        except ClientError as exc:
+            code, text = _error(exc)
+            if code not in GONE_CODES or len(batch) == 1:
+                result = "already-gone" if code in GONE_CODES else "failed"
+                outcomes += [Outcome(v, result, None if result == "already-gone" else text) for v in batch]
+                continue
+        for v in batch:  # one of several was gone: the call is all-or-nothing, so go one by one
+            try:
+                call(GroupId=group_id, SecurityGroupRuleIds=[v.rule.rule_id])
+                outcomes.append(Outcome(v, "revoked"))
+            except ClientError as exc:
+                code, text = _error(exc)
+                outcomes.append(
+                    Outcome(v, "already-gone") if code in GONE_CODES else Outcome(v, "failed", text)
+                )
+    return outcomes
+
+
+def judge(ec2: Any, policy: SgPolicy, rules: list[SgRule], today: date) -> list[Verdict]:
+    """Verdicts for the rules that break the policy. Group tags are fetched only when something matched."""
+    suspects = [r for r in rules if policy.candidates(r)]
+    if not suspects:
+        return []
+    tags = _group_tags(ec2, (r.group_id for r in suspects))
+    verdicts = []
+    for rule in suspects:
+        tagged = SgRule(**{**rule.__dict__, "group_tags": tags.get(rule.group_id, {})})
+        if verdict := policy.evaluate(tagged, today):
+            verdicts.append(verdict)
+    return verdicts
+
+
+def enforce(ec2: Any, verdicts: list[Verdict], report_only: bool = False) -> list[Outcome]:
+    outcomes = [Outcome(v, "exempt") for v in verdicts if v.action == "exempt"]
+    outcomes += [Outcome(v, "alerted") for v in verdicts if v.action == "alert"]
+    to_revoke = [v for v in verdicts if v.action == "revoke"]
+    if report_only:
+        outcomes += [Outcome(v, "would-revoke") for v in to_revoke]
+    elif to_revoke:
+        outcomes += revoke(ec2, to_revoke)
+    return outcomes
+
+
+def _event_time(detail: Mapping[str, Any], envelope: Mapping[str, Any]) -> datetime:
+    raw = detail.get("eventTime") or envelope.get("time")
+    return datetime.fromisoformat(str(raw).replace("Z", "+00:00")) if raw else datetime.now(UTC)
+
+
+def remediate_event(
+    event: Mapping[str, Any],
+    broker: SessionBroker,
+    policy: SgPolicy,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Remediation:
+    """Act on one EventBridge "AWS API Call via CloudTrail" event, in the account/region it came from."""
+    event_id = event.get("id") or "(no id)"
+    detail = event.get("detail")
+    if not isinstance(detail, Mapping) or "eventName" not in detail:
+        raise EventError(f"event {event_id}: not a CloudTrail API-call event (no detail.eventName)")
+    account = event.get("account") or detail.get("recipientAccountId")
+    region = event.get("region") or detail.get("awsRegion")
+    if not account or not region:
+        raise EventError(f"event {event_id}: no account/region to act in")
+    result = Remediation(
+        event_id, detail["eventName"], account, region, Actor.from_detail(detail), _event_time(detail, event)
+    )
+    if detail["eventName"] not in HANDLED_EVENTS:
+        result.ignored = f"not a security-group rule change ({detail['eventName']})"
+        return result
+    if detail.get("errorCode"):
+        result.ignored = f"the call failed ({detail['errorCode']}): nothing was changed"
+        return result
+    ec2 = broker.client(account, region, "ec2")
+    rules = rules_from_event(ec2, account, region, detail)
+    result.checked = len(rules)
+    result.outcomes = enforce(ec2, judge(ec2, policy, rules, clock().date()))
+    return result
+
+
+def remediation_record(rem: Remediation, now: datetime) -> dict[str, Any]:
+    """One ledger item per event: who, what, before, what was revoked, outcome, latency."""
+    counts = Counter(o.result for o in rem.outcomes)
+    failed = counts["failed"]
+    return {
+        "task": "sg-remediation",
+        "kind": "security-group-event",
+        "trigger": {"type": "event", "event_id": rem.event_id, "event_time": iso(rem.event_time)},
+        "status": "FAILED" if failed else "SUCCEEDED",
+        "account": rem.account,
+        "region": rem.region,
+        "event_name": rem.event_name,
+        "actor": rem.actor.__dict__,
+        "ignored": rem.ignored,
+        "counts": {k.replace("-", "_"): v for k, v in counts.items()} | {"rules_checked": rem.checked},
+        "latency_seconds": round((now - rem.event_time).total_seconds(), 3),
+        "ended_at": iso(now),
+        "actions": [
+            {
+                "account": rem.account,
+                "region": rem.region,
+                "resource": o.verdict.rule.rule_id or o.verdict.rule.group_id,
+                "action": "revoke-rule",
+                "outcome": o.result,
+                "error": o.error,
+                "detail": {
+                    "group_id": o.verdict.rule.group_id,
+                    "policy_rule": o.verdict.forbidden.name,
+                    "mode": o.verdict.forbidden.mode,
+                    "exempt_reason": o.verdict.exempt_reason,
+                    "rule_before": {k: v for k, v in o.verdict.rule.as_dict().items() if v not in (None, {})},
+                },
+            }
+            for o in rem.outcomes
+        ],
+    }
+
+
+def remediation_alert(rem: Remediation, run_id: str, latency: float) -> Alert:
+    revoked = [o for o in rem.outcomes if o.result == "revoked"]
+    failed = [o for o in rem.outcomes if o.result == "failed"]
+    group_ids = sorted({o.verdict.rule.group_id for o in rem.to_notify})
+    if failed:
+        severity, verb = "critical", "could NOT be revoked"
+    elif revoked:
+        severity, verb = "warning", "revoked"
+    else:
+        severity, verb = "warning", "found (alert-only)"
+    return Alert(
+        kind="sg-remediation",
+        title=f"Forbidden security-group rule {verb}",
+        severity=severity,
+        summary=(
+            f"{rem.event_name} by `{rem.actor.arn}` on {', '.join(group_ids)} in {rem.account}/{rem.region}; "
+            f"{len(revoked)} rule(s) revoked {latency:.1f}s after the call."
+        ),
+        fields=[
+            ("Account / region", f"{rem.account} / {rem.region}"),
+            ("Group", ", ".join(group_ids)),
+            ("Who", f"{rem.actor.arn} ({rem.actor.principal_type})"),
+            ("Source IP", rem.actor.source_ip or "-"),
+            ("User agent", (rem.actor.user_agent or "-")[:120]),
+            ("Event", rem.event_id),
+        ],
+        details=[
+            f"{o.result}: {o.verdict.rule.rule_id} {o.verdict.rule.summary()} "
+            f"(rule {o.verdict.forbidden.name}){f' — {o.error}' if o.error else ''}"
+            for o in rem.to_notify
+        ],
+        context=f"`opsbot runs show {run_id}` · restore or exempt: {RUNBOOK}",
+    )
+
+
+def handle_event(
+    event: Mapping[str, Any],
+    broker: SessionBroker,
+    policy: SgPolicy,
+    ledger: Ledger,
+    notifier: Notifier | None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> dict[str, Any]:
+    """Remediate, record (one ledger write), and notify when something was revoked, found or failed."""
+    try:
+        rem = remediate_event(event, broker, policy, clock)
+    except AccountAccessError as exc:
+        # Recorded, then raised so the event goes to the dead-letter queue for a retry.
+        ledger.record_event(
+            f"sg-{event.get('id')}",
+            {
+                "task": "sg-remediation",
+                "status": "FAILED",
+                "error": str(exc),
+                "trigger": {"type": "event", "event_id": event.get("id")},
+            },
+        )
+        raise
+    now = clock()
+    run_id = f"sg-{rem.event_id}"
+    record = remediation_record(rem, now)
+    if rem.ignored is None or rem.outcomes:
+        ledger.record_event(run_id, record)
+    if rem.to_notify and notifier is not None:
+        notifier.send(remediation_alert(rem, run_id, record["latency_seconds"]))
+    return {"run_id": run_id, "status": record["status"], "ignored": rem.ignored, "counts": record["counts"]}
+
+
+# ---- the periodic sweep: a scheduled task kind ------------------------------------------------
+def sweep_unit(ec2: Any, ctx: UnitContext, policy: SgPolicy) -> UnitOutcome:
+    """Apply the policy to every rule of every group in one account/region (report-only in dry-run)."""
+    outcome = UnitOutcome()
+    rules = _describe_rules(ec2, ctx.account, ctx.region, PaginationConfig={"PageSize": 1000})
+    outcome.counts["rules_checked"] = len(rules)
+    for o in enforce(ec2, judge(ec2, policy, rules, ctx.now().date()), report_only=ctx.dry_run):
+        key = o.result.replace("-", "_")
+        outcome.counts[key] += 1
+        rule = o.verdict.rule
+        ctx.record(
+            Action(
+                ctx.account,
+                ctx.region,
+                rule.rule_id or rule.group_id,
+                "revoke-rule",
+                o.result,
+                error=o.error,
+                detail={
+                    "group_id": rule.group_id,
+                    "policy_rule": o.verdict.forbidden.name,
+                    "rule": rule.summary(),
+                    "exempt_reason": o.verdict.exempt_reason,
+                },
+            )
+        )
+    return outcome

@@ -1,0 +1,352 @@
+"""Security-group remediation from real CloudTrail records, on moto."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from slack_sdk import WebClient
+
+from automations.fleet import AccountAccessError, Fleet, MemberAccount, SessionBroker
+from automations.notify import Notifier
+from automations.sg_policy import load_policy
+from automations.sg_remediation import handle_event
+from opsbot.local.slack_standin import SlackStandIn
+from tests.conftest import ACCOUNT_A, ROOT_RULES, FakeLambdaContext
+from tests.sg_events import permissions, readdress, record, without_rule_set
+
+POLICY = load_policy(ROOT_RULES / "security_groups.yaml")
+REGION = "us-east-1"
+NOW = datetime(2026, 11, 25, 10, 0, 3, tzinfo=UTC)
+
+
+@dataclass
+class Sg:
+    ec2: Any
+    broker: SessionBroker
+    ledger: Any
+    notifier: Notifier
+    slack: SlackStandIn
+    calls: list[str]
+
+    def group(self, tags: dict[str, str] | None = None, name: str = "app") -> str:
+        vpc = self.ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+        kwargs: dict[str, Any] = {"GroupName": name, "Description": "test", "VpcId": vpc}
+        if tags:
+            kwargs["TagSpecifications"] = [
+                {"ResourceType": "security-group", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+            ]
+        return str(self.ec2.create_security_group(**kwargs)["GroupId"])
+
+    def rules(self, group_id: str) -> list[dict[str, Any]]:
+        rules = self.ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group_id]}])
+        return [r for r in rules["SecurityGroupRules"] if not r["IsEgress"]]
+
+    def handle(self, event: dict[str, Any], policy=POLICY) -> dict[str, Any]:
+        return handle_event(event, self.broker, policy, self.ledger, self.notifier, clock=lambda: NOW)
+
+    def apply(self, name: str, group_id: str, **kw: Any) -> dict[str, Any]:
+        """Make the change the recorded event describes, then return the record re-addressed to it."""
+        event = record(name)
+        created = self.ec2.authorize_security_group_ingress(
+            GroupId=group_id, IpPermissions=permissions(event)
+        )
+        return readdress(event, ACCOUNT_A, REGION, group_id, created["SecurityGroupRules"], **kw)
+
+
+@pytest.fixture
+def sg(ledger, broker) -> Any:
+    ec2 = broker.client(ACCOUNT_A, REGION, "ec2")
+    calls: list[str] = []
+    ec2.meta.events.register("before-send.ec2", lambda **kw: calls.append(_action(kw)))
+    with SlackStandIn("xoxb-test") as slack:
+        notifier = Notifier(slack=WebClient("xoxb-test", base_url=slack.base_url), slack_channel="#sec")
+        yield Sg(ec2, broker, ledger, notifier, slack, calls)
+
+
+def _action(kw: dict[str, Any]) -> str:
+    body = kw["request"].body
+    body = body.decode() if isinstance(body, bytes) else str(body)
+    return next((p.split("=", 1)[1] for p in body.split("&") if p.startswith("Action=")), "?")
+
+
+def test_modern_record_revokes_by_rule_id_without_describing_the_group(sg):
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    sg.calls.clear()
+    result = sg.handle(event)
+    calls = list(sg.calls)
+
+    assert result["counts"]["revoked"] == 1 and result["status"] == "SUCCEEDED"
+    assert sg.rules(group) == []
+    # No describe of the group: its tags (for exemptions), then the revoke.
+    assert calls == ["DescribeTags", "RevokeSecurityGroupIngress"]
+    run = sg.ledger.get_run(result["run_id"])
+    detail = event["detail"]
+    assert run["actor"] == {
+        "arn": detail["userIdentity"]["arn"],
+        "principal_type": "AssumedRole",
+        "source_ip": "112.119.155.35",
+        "user_agent": detail["userAgent"],
+    }
+    (action,) = run["actions"]
+    assert (
+        action["outcome"] == "revoked"
+        and action["resource"]
+        == event["detail"]["responseElements"]["securityGroupRuleSet"]["items"][0]["securityGroupRuleId"]
+    )
+    assert action["detail"]["rule_before"]["cidr_ipv4"] == "0.0.0.0/0"
+    assert action["detail"]["rule_before"]["from_port"] == 22
+    assert run["latency_seconds"] == (NOW - datetime(2025, 6, 15, 10, 51, 12, tzinfo=UTC)).total_seconds()
+    (message,) = sg.slack.messages()
+    text = str(message["blocks"])
+    assert "revoked" in message["blocks"][0]["text"]["text"]
+    assert detail["userIdentity"]["arn"] in text and "112.119.155.35" in text and group in text
+
+
+def test_legacy_record_without_rule_ids(sg):
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_legacy", group)
+    assert "securityGroupRuleSet" not in event["detail"]["responseElements"]
+    result = sg.handle(event)
+    assert result["counts"]["revoked"] == 1
+    assert sg.rules(group) == []
+    assert "DescribeSecurityGroupRules" in sg.calls
+
+
+def test_ipv4_and_ipv6_world_both_revoked(sg):
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_ipv6", group)
+    result = sg.handle(event)
+    assert result["counts"]["revoked"] == 2
+    assert sg.rules(group) == []
+
+
+def test_one_cidr_of_a_multi_cidr_permission(sg):
+    group = sg.group()
+    event = record("authorize_sg_ingress_modern")
+    perms = permissions(event)
+    perms[0]["IpRanges"].append({"CidrIp": "10.20.0.0/16"})  # same permission, a second, private range
+    created = sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=perms)[
+        "SecurityGroupRules"
+    ]
+    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group, created))
+    assert result["counts"] == {"revoked": 1, "rules_checked": 2}
+    ((left),) = sg.rules(group)
+    assert left["CidrIpv4"] == "10.20.0.0/16" and left["FromPort"] == 22
+
+
+def test_legacy_multi_cidr_found_by_describe(sg):
+    group = sg.group()
+    event = record("authorize_sg_ingress_legacy")
+    event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"].append(
+        {"cidrIp": "192.168.0.0/24"}
+    )
+    sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
+    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
+    assert result["counts"]["revoked"] == 1
+    assert [r["CidrIpv4"] for r in sg.rules(group)] == ["192.168.0.0/24"]
+
+
+def test_group_name_only_request_in_the_default_vpc(sg):
+    default = sg.ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])[
+        "SecurityGroups"
+    ][0]["GroupId"]
+    event = record("authorize_sg_ingress_group_name")
+    assert "groupId" not in event["detail"]["requestParameters"]
+    sg.ec2.authorize_security_group_ingress(GroupName="default", IpPermissions=permissions(event))
+    result = sg.handle(without_rule_set(readdress(event, ACCOUNT_A, REGION, default)))
+    assert result["counts"]["revoked"] == 1
+    assert not [r for r in sg.rules(default) if r.get("CidrIpv4") == "0.0.0.0/0"]
+
+
+def test_modify_security_group_rules(sg):
+    group = sg.group()
+    (rule,) = sg.ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}
+        ],
+    )["SecurityGroupRules"]
+    sg.ec2.modify_security_group_rules(
+        GroupId=group,
+        SecurityGroupRules=[
+            {
+                "SecurityGroupRuleId": rule["SecurityGroupRuleId"],
+                "SecurityGroupRule": {
+                    "IpProtocol": "tcp",
+                    "FromPort": 22,
+                    "ToPort": 22,
+                    "CidrIpv4": "0.0.0.0/0",
+                },
+            }
+        ],
+    )
+    event = readdress(record("modify_sg_rules"), ACCOUNT_A, REGION, group)
+    event["detail"]["requestParameters"]["ModifySecurityGroupRulesRequest"]["SecurityGroupRule"][
+        "SecurityGroupRuleId"
+    ] = rule["SecurityGroupRuleId"]
+    result = sg.handle(event)
+    assert result["counts"]["revoked"] == 1
+    assert sg.rules(group) == []
+
+
+def test_failed_call_with_error_code_is_ignored(sg):
+    group = sg.group()
+    sg.ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+        ],
+    )  # someone else's rule: the failed call in the record changed nothing, so opsbot does nothing
+    result = sg.handle(readdress(record("authorize_sg_ingress_error"), ACCOUNT_A, REGION, group))
+    assert "Client.UnauthorizedOperation" in result["ignored"]
+    assert len(sg.rules(group)) == 1 and sg.slack.messages() == []
+    assert "RevokeSecurityGroupIngress" not in sg.calls
+
+
+def test_referenced_group_and_prefix_list_rules_are_never_touched(sg):
+    group, other = sg.group(), sg.group(name="other")
+    prefix_list = sg.ec2.create_managed_prefix_list(
+        PrefixListName="office", MaxEntries=2, AddressFamily="IPv4", Entries=[{"Cidr": "203.0.113.0/24"}]
+    )["PrefixList"]["PrefixListId"]
+    event = record("authorize_sg_ingress_legacy")
+    perm = event["detail"]["requestParameters"]["ipPermissions"]["items"][0]
+    perm["ipRanges"] = {}
+    perm["groups"] = {"items": [{"groupId": other}]}
+    perm["prefixListIds"] = {"items": [{"prefixListId": prefix_list}]}
+    sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
+    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
+    assert result["counts"] == {"rules_checked": 2}
+    assert len(sg.rules(group)) == 2 and sg.slack.messages() == []
+
+
+def test_single_address_0_0_0_0_32_is_not_the_world(sg):
+    group = sg.group()
+    event = record("authorize_sg_ingress_legacy")
+    event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = (
+        "0.0.0.0/32"
+    )
+    sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
+    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
+    assert result["counts"] == {"rules_checked": 1}
+    assert len(sg.rules(group)) == 1
+
+
+def test_expired_exemption_no_longer_protects(sg):
+    expired = sg.group(
+        {"opsbot:exempt-until": "2026-11-24", "opsbot:exempt-reason": "partner SFTP"}, name="a"
+    )
+    valid = sg.group({"opsbot:exempt-until": "2026-12-31", "opsbot:exempt-reason": "partner SFTP"}, name="b")
+    assert sg.handle(sg.apply("authorize_sg_ingress_modern", expired))["counts"]["revoked"] == 1
+    result = sg.handle(sg.apply("authorize_sg_ingress_modern", valid, event_id="other-event"))
+    assert result["counts"] == {"exempt": 1, "rules_checked": 1}
+    assert len(sg.rules(valid)) == 1
+    run = sg.ledger.get_run(result["run_id"])
+    assert "partner SFTP" in run["actions"][0]["detail"]["exempt_reason"]
+    assert len(sg.slack.messages()) == 1  # the revoke; an exempt rule is recorded, not alerted
+
+
+def test_rule_revoked_by_someone_else_meanwhile(sg):
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    rule_id = event["detail"]["responseElements"]["securityGroupRuleSet"]["items"][0]["securityGroupRuleId"]
+    sg.ec2.revoke_security_group_ingress(GroupId=group, SecurityGroupRuleIds=[rule_id])
+    result = sg.handle(event)
+    assert result["status"] == "SUCCEEDED" and result["counts"]["already_gone"] == 1
+    assert sg.slack.messages() == []
+
+
+def test_two_events_for_the_same_rule_at_once_one_revoke_one_alert(sg):
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    twin = dict(event, id="a-second-event-id")
+    results: list[dict[str, Any]] = []
+    threads = [threading.Thread(target=lambda e=e: results.append(sg.handle(e))) for e in (event, twin)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["counts"].get("revoked", 0) for r in results) == [0, 1]
+    assert sorted(r["counts"].get("already_gone", 0) for r in results) == [0, 1]
+    assert len(sg.slack.messages()) == 1
+
+
+def test_alert_only_rule_alerts_and_leaves_the_rule(sg):
+    group = sg.group()
+    event = record("authorize_sg_ingress_legacy")
+    event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = (
+        "0.0.0.0/4"
+    )
+    sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
+    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
+    assert result["counts"]["alerted"] == 1
+    assert len(sg.rules(group)) == 1
+    (message,) = sg.slack.messages()
+    assert "alert-only" in message["blocks"][0]["text"]["text"]
+
+
+def test_egress_rule(sg):
+    policy = load_policy(
+        "p.yaml",
+        "rules:\n  - {name: no-c2-port, mode: remediate, direction: egress, protocols: [tcp], ports: [4444]}\n",
+    )
+    group = sg.group()
+    event = record("authorize_sg_egress")
+    created = sg.ec2.authorize_security_group_egress(GroupId=group, IpPermissions=permissions(event))
+    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group, created["SecurityGroupRules"]), policy)
+    assert result["counts"]["revoked"] == 1
+    egress = sg.ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group]}])
+    assert [r["FromPort"] for r in egress["SecurityGroupRules"] if r["IsEgress"]] == [-1]  # the default stays
+
+
+def test_unreachable_account_raises_for_the_dead_letter_queue(sg, hub_session):
+    broker = SessionBroker(
+        hub_session, Fleet((MemberAccount(ACCOUNT_A, "a", (REGION,)),), role_name="Missing")
+    )
+    broker._assume = lambda account, region: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        AccountAccessError(account, region, "AccessDenied", "not authorized to perform: sts:AssumeRole")
+    )
+    event = readdress(record("authorize_sg_ingress_modern"), ACCOUNT_A, REGION, "sg-0123456789abcdef0")
+    with pytest.raises(AccountAccessError):
+        handle_event(event, broker, POLICY, sg.ledger, sg.notifier)
+    assert sg.ledger.get_run(f"sg-{event['id']}")["status"] == "FAILED"
+
+
+def test_duplicate_delivery_through_the_handler_is_one_revoke_one_alert(sg, tmp_path, monkeypatch):
+    """Powertools Idempotency keyed on the event id, persisted in DynamoDB (moto)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "fleet.yaml").write_text(
+        f'external_id: opsbot-test\ndefault_regions: [{REGION}]\naccounts:\n  - {{id: "{ACCOUNT_A}"}}\n'
+    )
+    (rules / "tasks.yaml").write_text("tasks: []\n")
+    (rules / "security_groups.yaml").write_text((ROOT_RULES / "security_groups.yaml").read_text())
+    monkeypatch.setenv("OPSBOT_RULES_DIR", str(rules))
+    monkeypatch.setenv("OPSBOT_SLACK_CHANNEL", "#sec")
+    monkeypatch.setenv("OPSBOT_SLACK_API_URL", sg.slack.base_url)
+    monkeypatch.setenv("OPSBOT_SLACK_SECRET_NAME", "opsbot/slack")
+    hub = sg.broker.base_session
+    hub.client("secretsmanager").create_secret(Name="opsbot/slack", SecretString="xoxb-test")
+    from handlers import _wiring, sg_events
+
+    _wiring.runtime.cache_clear()
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    first = sg_events.handler(event, FakeLambdaContext())
+    again = sg_events.handler(event, FakeLambdaContext())
+    _wiring.runtime.cache_clear()
+    assert first == again and first["counts"]["revoked"] == 1
+    assert len(sg.slack.messages()) == 1
+    assert sg.rules(group) == []
+
+
+def test_latency_is_measured_from_event_time(sg):
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    event["detail"]["eventTime"] = (NOW - timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = sg.handle(event)
+    assert sg.ledger.get_run(result["run_id"])["latency_seconds"] == 4.0
