@@ -16,9 +16,7 @@ class Deadline:
         return self.remaining_ms() <= self.margin_ms
 
     @classmethod
-    def after(
-        cls, seconds: float, margin_ms: int = 0, clock: Callable[[], float] = time.monotonic
-    ) -> Deadline:
+    def after(cls, seconds: float, margin_ms: int = 0, clock: Callable[[], float] = time.monotonic) -> Deadline:
         end = clock() + seconds
         return cls(lambda: int((end - clock()) * 1000), margin_ms)
 

@@ -78,9 +78,7 @@ def fleet_from_document(doc: LoadedDocument) -> Fleet:
     data = doc.data
     default_regions = tuple(data.get("default_regions", ()))
     accounts = tuple(
-        MemberAccount(
-            id=a["id"], name=a.get("name", a["id"]), regions=tuple(a.get("regions", default_regions))
-        )
+        MemberAccount(id=a["id"], name=a.get("name", a["id"]), regions=tuple(a.get("regions", default_regions)))
         for a in data["accounts"]
     )
     return Fleet(
@@ -141,9 +139,7 @@ class SessionBroker:
             creds = sts.assume_role(**params)["Credentials"]
         except ClientError as exc:
             err = exc.response.get("Error", {})
-            raise AccountAccessError(
-                account, region, err.get("Code", "ClientError"), err.get("Message", "")
-            ) from exc
+            raise AccountAccessError(account, region, err.get("Code", "ClientError"), err.get("Message", "")) from exc
         except BotoCoreError as exc:
             raise AccountAccessError(account, region, type(exc).__name__, str(exc)) from exc
         fresh = _Credentials(

@@ -58,9 +58,7 @@ class Alert:
             SectionBlock(text=MarkdownTextObject(text=f"{emoji} {self.summary}".strip())),
         ]
         if self.fields:
-            blocks.append(
-                SectionBlock(fields=[MarkdownTextObject(text=f"*{k}*\n{v}") for k, v in self.fields[:10]])
-            )
+            blocks.append(SectionBlock(fields=[MarkdownTextObject(text=f"*{k}*\n{v}") for k, v in self.fields[:10]]))
         if self.details:
             shown = self.details[:MAX_DETAIL_LINES]
             more = len(self.details) - len(shown)

@@ -66,18 +66,14 @@ def format_path(path: Iterable[str | int]) -> str:
     return out
 
 
-def _construct(
-    node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[Problem], file: str
-) -> Any:
+def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[Problem], file: str) -> Any:
     """Build plain Python data from a composed YAML node, recording each node's line."""
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                problems.append(
-                    Problem(file, key_node.start_mark.line + 1, "mapping keys must be plain strings")
-                )
+                problems.append(Problem(file, key_node.start_mark.line + 1, "mapping keys must be plain strings"))
                 continue
             key = key_node.value
             if key in out:

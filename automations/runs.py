@@ -223,9 +223,7 @@ def run_unit(
     return {"account": unit.account, "region": unit.region, **summary}
 
 
-def close_run(
-    run_id: str, ledger: Ledger, notifier: Notifier | None, reason: str | None = None
-) -> dict[str, Any]:
+def close_run(run_id: str, ledger: Ledger, notifier: Notifier | None, reason: str | None = None) -> dict[str, Any]:
     """Derive the run's status from its unit records, close it, and notify when it did not succeed.
 
     Planned units with no record (a Lambda killed, a Map branch lost) count as failed.
@@ -254,9 +252,7 @@ def close_run(
         status = L.FAILED
     else:
         status = L.PARTIAL
-    failures = [
-        f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED
-    ]
+    failures = [f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED]
     failures += [f"{m}: no result recorded{f' ({reason})' if reason else ''}" for m in missing]
     ledger.close_run(
         run_id,

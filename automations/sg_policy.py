@@ -73,11 +73,7 @@ class SgRule:
 
     def summary(self) -> str:
         low, high = self.port_range()
-        ports = (
-            "all ports"
-            if (low, high) == ALL_PORTS
-            else (f"port {low}" if low == high else f"ports {low}-{high}")
-        )
+        ports = "all ports" if (low, high) == ALL_PORTS else (f"port {low}" if low == high else f"ports {low}-{high}")
         source = self.cidr or self.prefix_list_id or self.referenced_group_id or "?"
         arrow = "to" if self.is_egress else "from"
         return f"{self.direction} {self.protocol} {ports} {arrow} {source}"
@@ -218,11 +214,7 @@ class SgPolicy:
         if not raw:
             return None
         try:
-            until = (
-                datetime.fromisoformat(raw.replace("Z", "+00:00")).date()
-                if "T" in raw
-                else date.fromisoformat(raw)
-            )
+            until = datetime.fromisoformat(raw.replace("Z", "+00:00")).date() if "T" in raw else date.fromisoformat(raw)
         except ValueError:
             return None  # an unreadable date protects nothing; the finding says so via the tags it shows
         if today > until:
@@ -280,9 +272,7 @@ def _checks(doc: LoadedDocument) -> list[Problem]:
             try:
                 date.fromisoformat(exemption["until"])
             except ValueError:
-                problems.append(
-                    doc.problem(("exemptions", i, "until"), f"not a date: {exemption['until']!r}")
-                )
+                problems.append(doc.problem(("exemptions", i, "until"), f"not a date: {exemption['until']!r}"))
     return problems
 
 

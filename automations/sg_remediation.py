@@ -122,9 +122,7 @@ def _same(rule: SgRule, wanted: Mapping[str, Any]) -> bool:
     ):
         return False
     return all(
-        getattr(rule, key) == value
-        for key, value in wanted.items()
-        if key.startswith(("cidr", "prefix", "ref"))
+        getattr(rule, key) == value for key, value in wanted.items() if key.startswith(("cidr", "prefix", "ref"))
     )
 
 
@@ -210,9 +208,7 @@ def revoke(ec2: Any, verdicts: list[Verdict]) -> list[Outcome]:
                 outcomes.append(Outcome(v, "revoked"))
             except ClientError as exc:
                 code, text = _error(exc)
-                outcomes.append(
-                    Outcome(v, "already-gone") if code in GONE_CODES else Outcome(v, "failed", text)
-                )
+                outcomes.append(Outcome(v, "already-gone") if code in GONE_CODES else Outcome(v, "failed", text))
     return outcomes
 
 

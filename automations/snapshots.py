@@ -84,9 +84,7 @@ class _Selection:
                 for mapping in instance.get("BlockDeviceMappings", []):
                     if "Ebs" not in mapping:
                         continue
-                    if self.ctx.task.exclude_boot_volume and mapping["DeviceName"] == instance.get(
-                        "RootDeviceName"
-                    ):
+                    if self.ctx.task.exclude_boot_volume and mapping["DeviceName"] == instance.get("RootDeviceName"):
                         self.outcome.counts["boot_volumes_excluded"] += 1
                         continue
                     vid = mapping["Ebs"]["VolumeId"]

@@ -60,17 +60,13 @@ def _semantic_checks(doc: LoadedDocument) -> list[Problem]:
         name = task["name"]
         if name in first_seen:
             line = doc.line_of(("tasks", first_seen[name], "name"))
-            problems.append(
-                doc.problem(("tasks", i, "name"), f"duplicate task name {name!r} (first at line {line})")
-            )
+            problems.append(doc.problem(("tasks", i, "name"), f"duplicate task name {name!r} (first at line {line})"))
         else:
             first_seen[name] = i
         if task["kind"] != "ebs-snapshot":
             for key in SNAPSHOT_ONLY_KEYS:
                 if key in task:
-                    problems.append(
-                        doc.problem(("tasks", i, key), f"{key!r} applies to ebs-snapshot tasks only")
-                    )
+                    problems.append(doc.problem(("tasks", i, key), f"{key!r} applies to ebs-snapshot tasks only"))
         try:
             schedules.validate(task["schedule"])
         except schedules.ScheduleError as exc:
@@ -104,9 +100,7 @@ def tasks_from_document(doc: LoadedDocument) -> dict[str, TaskDefinition]:
             kind=t["kind"],
             schedule=t["schedule"],
             selection_tag=t.get("selection_tag", DEFAULT_SELECTION_TAG),
-            retention=Retention(retention.get("keep_last"), retention.get("max_age_days"))
-            if retention
-            else None,
+            retention=Retention(retention.get("keep_last"), retention.get("max_age_days")) if retention else None,
             copy_tags=tuple(t.get("copy_tags", ())),
             exclude_boot_volume=t.get("exclude_boot_volume", False),
             snapshot_description=t.get("snapshot_description", DEFAULT_SNAPSHOT_DESCRIPTION),

@@ -45,9 +45,7 @@ def seed(endpoint: str, volumes: int) -> None:
     from opsbot.local.hub import create_tables
 
     os.environ["AWS_ENDPOINT_URL"] = endpoint
-    base = boto3.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
-    )
+    base = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
     create_tables(base)
     per_unit = volumes // (len(ACCOUNTS) * len(REGIONS))
 

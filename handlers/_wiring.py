@@ -42,6 +42,4 @@ def _notifier_for(token: str | None) -> Notifier:
 
 
 def idempotency_store() -> DynamoDBPersistenceLayer:
-    return DynamoDBPersistenceLayer(
-        table_name=os.environ.get("OPSBOT_IDEMPOTENCY_TABLE", "opsbot-idempotency")
-    )
+    return DynamoDBPersistenceLayer(table_name=os.environ.get("OPSBOT_IDEMPOTENCY_TABLE", "opsbot-idempotency"))

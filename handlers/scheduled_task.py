@@ -46,9 +46,7 @@ def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     deadline = Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS)
     summary = run_unit(Unit.from_dict(event), rt.tasks, rt.broker, rt.ledger, deadline, kinds=rt.kinds)
     for name in ("created", "deleted", "failed"):
-        metrics.add_metric(
-            name=f"Snapshots{name.title()}", unit=MetricUnit.Count, value=summary["counts"].get(name, 0)
-        )
+        metrics.add_metric(name=f"Snapshots{name.title()}", unit=MetricUnit.Count, value=summary["counts"].get(name, 0))
     return summary
 
 

@@ -31,8 +31,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         raise EventError(f"event {event.get('id')}: no rules/security_groups.yaml in the package")
     result = handle_event(event, rt.broker, rt.sg_policy, rt.ledger, notifier())
     for name in ("revoked", "alerted", "failed"):
-        metrics.add_metric(
-            name=f"SgRules{name.title()}", unit=MetricUnit.Count, value=result["counts"].get(name, 0)
-        )
+        metrics.add_metric(name=f"SgRules{name.title()}", unit=MetricUnit.Count, value=result["counts"].get(name, 0))
     logger.info("security-group event handled", extra=result)
     return result

@@ -43,9 +43,7 @@ def schedule_problems(tasks: dict[str, Any], template_path: Path = TEMPLATE) -> 
     for task_name, task in tasks.items():
         found = by_task.pop(task_name, [])
         if len(found) != 1:
-            problems.append(
-                Problem(name, 1, f"task {task_name!r} needs exactly one schedule rule, found {len(found)}")
-            )
+            problems.append(Problem(name, 1, f"task {task_name!r} needs exactly one schedule rule, found {len(found)}"))
             continue
         logical_id, rule = found[0]
         expression = rule["Properties"].get("ScheduleExpression")
@@ -59,9 +57,7 @@ def schedule_problems(tasks: dict[str, Any], template_path: Path = TEMPLATE) -> 
             )
     for task_name, found in by_task.items():
         for logical_id, _ in found:
-            problems.append(
-                Problem(name, line_of(logical_id), f"{logical_id}: schedules unknown task {task_name!r}")
-            )
+            problems.append(Problem(name, line_of(logical_id), f"{logical_id}: schedules unknown task {task_name!r}"))
     return problems
 
 

@@ -93,9 +93,7 @@ class MemberRegion:
             MinCount=1,
             MaxCount=1,
             Placement={"AvailabilityZone": self.zone},
-            TagSpecifications=[
-                {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
-            ],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
         )["Instances"][0]
         volumes = [m["Ebs"]["VolumeId"] for m in inst["BlockDeviceMappings"]]
         for i in range(data_volumes):

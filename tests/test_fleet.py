@@ -25,9 +25,7 @@ TASKS = make_tasks("tasks:\n  - {name: snapshot-daily, kind: ebs-snapshot, sched
 
 def test_credentials_cached_per_account_until_near_expiry(hub_session, fleet):
     calls = []
-    hub_session.events.register(
-        "provide-client-params.sts.AssumeRole", lambda params, **kw: calls.append(dict(params))
-    )
+    hub_session.events.register("provide-client-params.sts.AssumeRole", lambda params, **kw: calls.append(dict(params)))
     with freeze_time("2026-11-25 10:00:00") as clock:
         broker = SessionBroker(hub_session, fleet, clock=lambda: datetime.now(UTC).timestamp())
         broker.client(ACCOUNT_A, "us-east-1", "ec2")
@@ -70,9 +68,7 @@ def test_one_member_denied_while_the_other_succeeds(hub_session, fleet, member):
     topic = sns.create_topic(Name="opsbot-alerts")["TopicArn"]
     sqs = hub_session.client("sqs")
     queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
 
     operator = boto3.Session(
@@ -84,9 +80,7 @@ def test_one_member_denied_while_the_other_succeeds(hub_session, fleet, member):
         from slack_sdk import WebClient
 
         ledger = Ledger(operator.resource("dynamodb").Table(LEDGER_TABLE))
-        notifier = Notifier(
-            operator.client("sns"), topic, WebClient("xoxb-test", base_url=slack.base_url), "#ops"
-        )
+        notifier = Notifier(operator.client("sns"), topic, WebClient("xoxb-test", base_url=slack.base_url), "#ops")
         broker = SessionBroker(operator, fleet)
         plan = plan_run(
             ledger, fleet, TASKS, "snapshot-daily", Trigger("cli"), datetime(2026, 11, 25, 3, 5, tzinfo=UTC)

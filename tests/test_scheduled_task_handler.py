@@ -17,7 +17,9 @@ accounts:
   - {{id: "{ACCOUNT_A}", name: a}}
   - {{id: "{ACCOUNT_B}", name: b}}
 """
-TASKS = "tasks:\n  - {name: snapshot-daily, kind: ebs-snapshot, schedule: 'cron(0 3 * * ? *)', retention: {keep_last: 2}}\n"
+TASKS = (
+    "tasks:\n  - {name: snapshot-daily, kind: ebs-snapshot, schedule: 'cron(0 3 * * ? *)', retention: {keep_last: 2}}\n"
+)
 
 
 @pytest.fixture

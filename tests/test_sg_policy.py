@@ -79,12 +79,9 @@ def test_jmespath_condition_on_group_tags():
         "rules:\n  - name: prod-only\n    mode: alert-only\n    ports: [8080]\n"
         "    when: \"group_tags.Environment == 'prod'\"\n",
     )
-    assert policy.evaluate(
-        rule(ports=(8080, 8080), cidr_ipv4="10.1.0.0/16", tags={"Environment": "prod"}), TODAY
-    )
+    assert policy.evaluate(rule(ports=(8080, 8080), cidr_ipv4="10.1.0.0/16", tags={"Environment": "prod"}), TODAY)
     assert (
-        policy.evaluate(rule(ports=(8080, 8080), cidr_ipv4="10.1.0.0/16", tags={"Environment": "dev"}), TODAY)
-        is None
+        policy.evaluate(rule(ports=(8080, 8080), cidr_ipv4="10.1.0.0/16", tags={"Environment": "dev"}), TODAY) is None
     )
 
 
@@ -129,12 +126,9 @@ def test_shipped_rules_and_bad_files(tmp_path):
         load_policy("rules/security_groups.yaml", bad)
     problems = [str(p) for p in err.value.problems]
     assert (
-        "rules/security_groups.yaml:3: rules[0].mode: 'delete-it' is not one of ['remediate', 'alert-only']"
-        in problems
+        "rules/security_groups.yaml:3: rules[0].mode: 'delete-it' is not one of ['remediate', 'alert-only']" in problems
     )
-    assert any(
-        p.startswith("rules/security_groups.yaml:9: rules[1].colour: unknown key(s)") for p in problems
-    )
+    assert any(p.startswith("rules/security_groups.yaml:9: rules[1].colour: unknown key(s)") for p in problems)
     with pytest.raises(RulebookError) as err:
         load_policy(
             "rules/security_groups.yaml",

@@ -51,9 +51,7 @@ class Sg:
     def apply(self, name: str, group_id: str, **kw: Any) -> dict[str, Any]:
         """Make the change the recorded event describes, then return the record re-addressed to it."""
         event = record(name)
-        created = self.ec2.authorize_security_group_ingress(
-            GroupId=group_id, IpPermissions=permissions(event)
-        )
+        created = self.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=permissions(event))
         return readdress(event, ACCOUNT_A, REGION, group_id, created["SecurityGroupRules"], **kw)
 
 
@@ -130,9 +128,7 @@ def test_one_cidr_of_a_multi_cidr_permission(sg):
     event = record("authorize_sg_ingress_modern")
     perms = permissions(event)
     perms[0]["IpRanges"].append({"CidrIp": "10.20.0.0/16"})  # same permission, a second, private range
-    created = sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=perms)[
-        "SecurityGroupRules"
-    ]
+    created = sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=perms)["SecurityGroupRules"]
     result = sg.handle(readdress(event, ACCOUNT_A, REGION, group, created))
     assert result["counts"] == {"revoked": 1, "rules_checked": 2}
     ((left),) = sg.rules(group)
@@ -167,9 +163,7 @@ def test_modify_security_group_rules(sg):
     group = sg.group()
     (rule,) = sg.ec2.authorize_security_group_ingress(
         GroupId=group,
-        IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}
-        ],
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}],
     )["SecurityGroupRules"]
     sg.ec2.modify_security_group_rules(
         GroupId=group,
@@ -198,9 +192,7 @@ def test_failed_call_with_error_code_is_ignored(sg):
     group = sg.group()
     sg.ec2.authorize_security_group_ingress(
         GroupId=group,
-        IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
-        ],
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
     )  # someone else's rule: the failed call in the record changed nothing, so opsbot does nothing
     result = sg.handle(readdress(record("authorize_sg_ingress_error"), ACCOUNT_A, REGION, group))
     assert "Client.UnauthorizedOperation" in result["ignored"]
@@ -227,9 +219,7 @@ def test_referenced_group_and_prefix_list_rules_are_never_touched(sg):
 def test_single_address_0_0_0_0_32_is_not_the_world(sg):
     group = sg.group()
     event = record("authorize_sg_ingress_legacy")
-    event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = (
-        "0.0.0.0/32"
-    )
+    event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = "0.0.0.0/32"
     sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
     result = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
     assert result["counts"] == {"rules_checked": 1}
@@ -237,9 +227,7 @@ def test_single_address_0_0_0_0_32_is_not_the_world(sg):
 
 
 def test_expired_exemption_no_longer_protects(sg):
-    expired = sg.group(
-        {"opsbot:exempt-until": "2026-11-24", "opsbot:exempt-reason": "partner SFTP"}, name="a"
-    )
+    expired = sg.group({"opsbot:exempt-until": "2026-11-24", "opsbot:exempt-reason": "partner SFTP"}, name="a")
     valid = sg.group({"opsbot:exempt-until": "2026-12-31", "opsbot:exempt-reason": "partner SFTP"}, name="b")
     assert sg.handle(sg.apply("authorize_sg_ingress_modern", expired))["counts"]["revoked"] == 1
     result = sg.handle(sg.apply("authorize_sg_ingress_modern", valid, event_id="other-event"))
@@ -278,9 +266,7 @@ def test_two_events_for_the_same_rule_at_once_one_revoke_one_alert(sg):
 def test_alert_only_rule_alerts_and_leaves_the_rule(sg):
     group = sg.group()
     event = record("authorize_sg_ingress_legacy")
-    event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = (
-        "0.0.0.0/4"
-    )
+    event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = "0.0.0.0/4"
     sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
     result = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
     assert result["counts"]["alerted"] == 1
@@ -304,9 +290,7 @@ def test_egress_rule(sg):
 
 
 def test_unreachable_account_raises_for_the_dead_letter_queue(sg, hub_session):
-    broker = SessionBroker(
-        hub_session, Fleet((MemberAccount(ACCOUNT_A, "a", (REGION,)),), role_name="Missing")
-    )
+    broker = SessionBroker(hub_session, Fleet((MemberAccount(ACCOUNT_A, "a", (REGION,)),), role_name="Missing"))
     broker._assume = lambda account, region: (_ for _ in ()).throw(  # type: ignore[method-assign]
         AccountAccessError(account, region, "AccessDenied", "not authorized to perform: sts:AssumeRole")
     )

@@ -53,9 +53,7 @@ def test_snapshots_opted_in_instances_and_volumes_only(ledger, fleet, broker, me
     m.instance({"Name": "untagged"})
     untagged_vol = m.volume({"Name": "scratch"})
 
-    result = run(
-        ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"]
-    )
+    result = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
 
     assert result["status"] == "SUCCEEDED"
     snaps = m.snapshots("snapshot-daily")
@@ -80,9 +78,7 @@ def test_snapshots_opted_in_instances_and_volumes_only(ledger, fleet, broker, me
 def test_exclude_boot_volume(ledger, fleet, broker, member):
     m = member()
     _, (_boot, data) = m.instance({"OpsTaskList": "snapshot-weekly"}, data_volumes=1)
-    result = run(
-        ledger, fleet, broker, "snapshot-weekly", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"]
-    )
+    result = run(ledger, fleet, broker, "snapshot-weekly", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
     assert [s["VolumeId"] for s in m.snapshots("snapshot-weekly")] == [data]
     assert result["counts"]["boot_volumes_excluded"] == 1
 
@@ -90,13 +86,9 @@ def test_exclude_boot_volume(ledger, fleet, broker, member):
 def test_same_slot_twice_never_duplicates(ledger, fleet, broker, member):
     m = member()
     m.instance({"OpsTaskList": "snapshot-daily"}, data_volumes=2)
-    first = run(
-        ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"]
-    )
+    first = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
     # A retried schedule event a few seconds later, and a manual re-run of the slot an hour later.
-    second = run(
-        ledger, fleet, broker, "snapshot-daily", SLOT_TIME + timedelta(seconds=40), accounts=[ACCOUNT_A]
-    )
+    second = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME + timedelta(seconds=40), accounts=[ACCOUNT_A])
     third = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME + timedelta(hours=1), accounts=[ACCOUNT_A])
 
     assert first["counts"]["created"] == 3
@@ -120,9 +112,7 @@ def test_retention_by_count_keeps_newest_and_spares_people_and_amis(ledger, flee
             RootDeviceName="/dev/sda1",
             BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {}}],
         )["ImageId"]
-        backing = m.ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"][0]["Ebs"][
-            "SnapshotId"
-        ]
+        backing = m.ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
         m.ec2.create_tags(
             Resources=[backing],
             Tags=[
@@ -192,9 +182,7 @@ def test_dry_run_changes_nothing(ledger, fleet, broker, member):
     m = member()
     m.instance({"OpsTaskList": "snapshot-dry"}, data_volumes=1)
     before = m.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
-    result = run(
-        ledger, fleet, broker, "snapshot-dry", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"]
-    )
+    result = run(ledger, fleet, broker, "snapshot-dry", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
     assert m.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"] == before
     assert result["dry_run"] is True and result["counts"]["would_create"] == 2
     outcomes = {a["outcome"] for a in ledger.actions(result["run_id"])}
@@ -225,9 +213,7 @@ def test_unknown_task_name_in_tag_is_reported_not_fatal(ledger, fleet, broker, m
     m = member()
     inst, _ = m.instance({"OpsTaskList": "snapshot-dialy"})
     m.instance({"OpsTaskList": "snapshot-daily"})
-    result = run(
-        ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"]
-    )
+    result = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
     assert result["status"] == "SUCCEEDED"
     assert result["unknown_tasks"] == {"snapshot-dialy": [inst]}
     assert result["counts"]["created"] == 1
@@ -255,9 +241,7 @@ def test_timeout_guard_closes_run_as_partial(ledger, fleet, broker, member):
     (unit,) = ledger.units(result["run_id"])
     assert unit["status"] == "PARTIAL" and "time limit" in unit["error"]
     # Re-running the slot finishes the job without duplicating the one already made.
-    again = run(
-        ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"]
-    )
+    again = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
     assert again["counts"]["created"] == 4 and again["counts"]["skipped_existing"] == 1
 
 

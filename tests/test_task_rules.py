@@ -33,16 +33,12 @@ def test_shipped_rules_are_valid():
 
 def test_wrong_type():
     text = GOOD.replace("keep_last: 7", "keep_last: seven")
-    assert problems(text) == [
-        "rules/tasks.yaml:6: tasks[0].retention.keep_last: 'seven' is not of type 'integer'"
-    ]
+    assert problems(text) == ["rules/tasks.yaml:6: tasks[0].retention.keep_last: 'seven' is not of type 'integer'"]
 
 
 def test_unknown_key():
     text = GOOD + "    retain_days: 3\n"
-    assert problems(text) == [
-        "rules/tasks.yaml:7: tasks[0].retain_days: unknown key(s) ('retain_days' was unexpected)"
-    ]
+    assert problems(text) == ["rules/tasks.yaml:7: tasks[0].retain_days: unknown key(s) ('retain_days' was unexpected)"]
 
 
 def test_bad_cron():
@@ -87,15 +83,11 @@ def test_every_problem_reported_not_only_the_first():
 def test_bad_description_placeholder():
     text = GOOD + "    snapshot_description: '{task} of {volume}'\n"
     (problem,) = problems(text)
-    assert problem.startswith(
-        "rules/tasks.yaml:7: tasks[0].snapshot_description: unknown placeholder(s) ['volume']"
-    )
+    assert problem.startswith("rules/tasks.yaml:7: tasks[0].snapshot_description: unknown placeholder(s) ['volume']")
 
 
 def test_yaml_duplicate_key_and_syntax_error():
-    assert problems(GOOD + "    kind: ebs-snapshot\n") == [
-        "rules/tasks.yaml:7: tasks[0]: duplicate key 'kind'"
-    ]
+    assert problems(GOOD + "    kind: ebs-snapshot\n") == ["rules/tasks.yaml:7: tasks[0]: duplicate key 'kind'"]
     (problem,) = problems("tasks:\n  - name: [unclosed\n")
     assert problem.startswith("rules/tasks.yaml:3: YAML syntax error")
 
@@ -116,9 +108,7 @@ def test_cli_validate_prints_file_line_and_fails(tmp_path, capsys):
     (rules / "tasks.yaml").write_text(GOOD.replace("cron(0 3 * * ? *)", "cron(0 3 * *)"))
     assert main(["validate", "--rules", str(rules)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert any(
-        line.startswith(f"{rules}/fleet.yaml:2: accounts[0].id: '12345' does not match") for line in out
-    )
+    assert any(line.startswith(f"{rules}/fleet.yaml:2: accounts[0].id: '12345' does not match") for line in out)
     assert any(line.startswith(f"{rules}/tasks.yaml:4: tasks[0].schedule: invalid schedule") for line in out)
 
 

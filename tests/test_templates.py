@@ -69,9 +69,7 @@ def function_statements(function: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def functions_by_handler(hub: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
-    return {
-        f["Properties"]["Handler"]: (lid, f) for lid, f in resources(hub, "AWS::Serverless::Function").items()
-    }
+    return {f["Properties"]["Handler"]: (lid, f) for lid, f in resources(hub, "AWS::Serverless::Function").items()}
 
 
 # ---- schedules ------------------------------------------------------------------------------
@@ -103,9 +101,7 @@ def test_schedule_rules_start_the_state_machine_with_the_task_input(hub: dict[st
         assert transformer["InputPathsMap"] == {"id": "$.id", "time": "$.time"}, lid
         # EventBridge puts each value in as JSON: stand in quoted strings to parse the template.
         rendered = (
-            transformer["InputTemplate"]
-            .replace("<id>", '"event-id"')
-            .replace("<time>", '"2026-01-01T03:00:00Z"')
+            transformer["InputTemplate"].replace("<id>", '"event-id"').replace("<time>", '"2026-01-01T03:00:00Z"')
         )
         assert json.loads(rendered) == {"task": task, "id": "event-id", "time": "2026-01-01T03:00:00Z"}, lid
         assert target["RetryPolicy"] == {"MaximumRetryAttempts": 4, "MaximumEventAgeInSeconds": 3600}, lid
@@ -211,9 +207,7 @@ def test_ledger_and_idempotency_grants_point_at_their_tables(hub: dict[str, Any]
                 assert ("LedgerTable" in targets) != ("IdempotencyTable" in targets), f"{lid}: {statement}"
                 if "IdempotencyTable" in targets:
                     assert actions == idempotency_actions, lid
-        uses_idempotency = any(
-            "IdempotencyTable" in json.dumps(s["Resource"]) for s in function_statements(function)
-        )
+        uses_idempotency = any("IdempotencyTable" in json.dumps(s["Resource"]) for s in function_statements(function))
         assert uses_idempotency == (handler != "handlers.scheduled_task.close"), lid
 
 
@@ -236,11 +230,7 @@ def test_handlers_exist_in_the_code(hub: dict[str, Any]) -> None:
         module, _, name = handler.rpartition(".")
         source = ROOT / (module.replace(".", "/") + ".py")
         assert source.exists(), f"{lid}: {source} missing"
-        defined = {
-            n.name
-            for n in ast.parse(source.read_text(encoding="utf-8")).body
-            if isinstance(n, ast.FunctionDef)
-        }
+        defined = {n.name for n in ast.parse(source.read_text(encoding="utf-8")).body if isinstance(n, ast.FunctionDef)}
         assert name in defined, f"{lid}: no function {name!r} in {source.name}"
     assert functions_by_handler(hub)["handlers.scheduled_task.unit"][1]["Properties"]["Timeout"] == 900
 
@@ -294,8 +284,7 @@ def test_member_role_grants_what_the_member_side_code_calls(member: dict[str, An
     statements = [s for p in member_role(member)["Policies"] for s in p["PolicyDocument"]["Statement"]]
     granted = {a for s in statements for a in as_list(s["Action"])}
     code = "".join(
-        (ROOT / "automations" / name).read_text(encoding="utf-8")
-        for name in ("snapshots.py", "sg_remediation.py")
+        (ROOT / "automations" / name).read_text(encoding="utf-8") for name in ("snapshots.py", "sg_remediation.py")
     )
     calls = set(re.findall(r"\"(describe_\w+)\"", code)) | set(
         re.findall(r"ec2\.((?:create|delete|revoke|describe)_\w+)\b", code)
@@ -323,17 +312,13 @@ def test_member_role_changes_only_what_opsbot_creates(member: dict[str, Any]) ->
             assert all(a.startswith("ec2:Describe") for a in actions), statement
 
 
-def test_member_forwards_exactly_the_events_the_hub_handles(
-    hub: dict[str, Any], member: dict[str, Any]
-) -> None:
+def test_member_forwards_exactly_the_events_the_hub_handles(hub: dict[str, Any], member: dict[str, Any]) -> None:
     (lid, function) = functions_by_handler(hub)["handlers.sg_events.handler"]
     (event,) = function["Properties"]["Events"].values()
     forward = member["Resources"]["ForwardSecurityGroupEvents"]["Properties"]
     assert forward["EventPattern"] == event["Properties"]["Pattern"], lid
     (target,) = forward["Targets"]
-    assert target["Arn"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${HubAccountId}:event-bus/default"
-    }
+    assert target["Arn"] == {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${HubAccountId}:event-bus/default"}
 
 
 # ---- state ----------------------------------------------------------------------------------
@@ -407,11 +392,7 @@ def test_state_machine_wiring(hub: dict[str, Any]) -> None:
             assert ref, name
             invoked[name] = substitutions[ref[1]]["Fn::GetAtt"][0]
     assert invoked == {"Plan": "PlanFunction", "RunUnit": "UnitFunction", "Close": "CloseFunction"}
-    allowed = {
-        p["LambdaInvokePolicy"]["FunctionName"]["Ref"]
-        for p in machine["Policies"]
-        if "LambdaInvokePolicy" in p
-    }
+    allowed = {p["LambdaInvokePolicy"]["FunctionName"]["Ref"] for p in machine["Policies"] if "LambdaInvokePolicy" in p}
     assert allowed == set(invoked.values())
 
 
@@ -429,10 +410,7 @@ def test_state_machine_error_handling(hub: dict[str, Any]) -> None:
     assert run_units["ItemsPath"] == "$.plan.units"
     # The concurrency comes from the UnitMaxConcurrency parameter, as a number.
     assert run_units["MaxConcurrencyPath"] == "$.plan.max_concurrency"
-    assert (
-        states["Plan"]["ResultSelector"]["max_concurrency.$"]
-        == "States.StringToJson('${UnitMaxConcurrency}')"
-    )
+    assert states["Plan"]["ResultSelector"]["max_concurrency.$"] == "States.StringToJson('${UnitMaxConcurrency}')"
     assert machine["DefinitionSubstitutions"]["UnitMaxConcurrency"] == {"Ref": "UnitMaxConcurrency"}
     assert run_units["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Close"}]
     assert run_units["Next"] == "Close"
@@ -452,10 +430,7 @@ def test_state_machine_error_handling(hub: dict[str, Any]) -> None:
 
 
 def test_alarms_report_failed_runs_and_dead_letters(hub: dict[str, Any]) -> None:
-    alarms = {
-        a["Properties"]["MetricName"]: a["Properties"]
-        for a in resources(hub, "AWS::CloudWatch::Alarm").values()
-    }
+    alarms = {a["Properties"]["MetricName"]: a["Properties"] for a in resources(hub, "AWS::CloudWatch::Alarm").values()}
     assert {"ExecutionsFailed", "ApproximateNumberOfMessagesVisible"} <= set(alarms)
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}]

@@ -41,9 +41,7 @@ def create_tables(session: boto3.Session, template_path: Path = PROJECT_ROOT / "
             continue
         ddb.create_table(**create_table_args(tables[logical_id], name))
         if attr := ttl_attribute(tables[logical_id]):
-            ddb.update_time_to_live(
-                TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attr}
-            )
+            ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attr})
 
 
 def create_hub(
@@ -58,9 +56,7 @@ def create_hub(
         except sm.exceptions.ResourceExistsException:
             sm.put_secret_value(SecretId=SLACK_SECRET_NAME, SecretString=slack_token)
     if fleet_text is not None:
-        session.client("ssm").put_parameter(
-            Name=FLEET_PARAMETER, Value=fleet_text, Type="String", Overwrite=True
-        )
+        session.client("ssm").put_parameter(Name=FLEET_PARAMETER, Value=fleet_text, Type="String", Overwrite=True)
     return HubResources(LEDGER_TABLE, IDEMPOTENCY_TABLE, topic_arn, SLACK_SECRET_NAME, FLEET_PARAMETER)
 
 

@@ -156,9 +156,9 @@ def seed_region(
     def volume(name: str, size: int = 20, **tags: str) -> str:
         spec = {"ResourceType": "volume", "Tags": _tags(Name=name, Environment=env, **tags)}
         report.volumes += 1
-        vid: str = ec2.create_volume(
-            AvailabilityZone=zone, Size=size, VolumeType="gp3", TagSpecifications=[spec]
-        )["VolumeId"]
+        vid: str = ec2.create_volume(AvailabilityZone=zone, Size=size, VolumeType="gp3", TagSpecifications=[spec])[
+            "VolumeId"
+        ]
         return vid
 
     web = instance("web-1", OpsTaskList=task, CostCenter="cc-1042")
@@ -239,7 +239,5 @@ def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") 
         for region in account.regions:
             seed_region(member, account.name, region, task, report)
     report.operator_keys = create_operator(base, fleet, allowed)
-    report.lines.append(
-        f"hub {hub_account}: operator {OPERATOR_USER} may assume the role in {len(allowed)} accounts"
-    )
+    report.lines.append(f"hub {hub_account}: operator {OPERATOR_USER} may assume the role in {len(allowed)} accounts")
     return report

@@ -1,0 +1,104 @@
+"""The local event router: the EventBridge rules of template.yaml (and the member forwarding rule of
+template-member.yaml) created in the local EventBridge with SQS queues as targets, and delivery of
+what lands in those queues to the handler the template names. So the event patterns that will be
+deployed are the ones tried locally and tested."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from opsbot.cfn import PROJECT_ROOT, load_template, resources_of_type
+
+
+@dataclass(frozen=True)
+class EventRoute:
+    function: str  # logical id in template.yaml
+    handler: str  # module.function
+    event: str
+    pattern: dict[str, Any]
+
+
+def routes(template_path: Path = PROJECT_ROOT / "template.yaml") -> list[EventRoute]:
+    """Every EventBridgeRule event of every function in the hub template."""
+    out = []
+    for lid, fn in resources_of_type(load_template(template_path), "AWS::Serverless::Function").items():
+        for name, event in (fn["Properties"].get("Events") or {}).items():
+            if event["Type"] == "EventBridgeRule":
+                out.append(EventRoute(lid, fn["Properties"]["Handler"], name, event["Properties"]["Pattern"]))
+    return out
+
+
+def member_forwarding_pattern(template_path: Path = PROJECT_ROOT / "template-member.yaml") -> dict[str, Any]:
+    rule = load_template(template_path)["Resources"]["ForwardSecurityGroupEvents"]
+    pattern: dict[str, Any] = rule["Properties"]["EventPattern"]
+    return pattern
+
+
+@dataclass
+class EventRouter:
+    hub: boto3.Session
+    queues: dict[str, str] = field(default_factory=dict)  # route name -> queue url
+    by_queue: dict[str, EventRoute] = field(default_factory=dict)
+
+    def install(self) -> list[EventRoute]:
+        """Rules and queues in the hub account, one per route."""
+        events, sqs = self.hub.client("events"), self.hub.client("sqs")
+        found = routes()
+        for route in found:
+            name = f"opsbot-local-{route.function}-{route.event}"[:64]
+            url = sqs.create_queue(QueueName=name[:80])["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            events.put_rule(Name=name, EventPattern=json.dumps(route.pattern), State="ENABLED")
+            events.put_targets(Rule=name, Targets=[{"Id": "queue", "Arn": arn}])
+            self.queues[name] = url
+            self.by_queue[url] = route
+        return found
+
+    def install_member_forwarding(self, member: boto3.Session, hub_account: str, region: str) -> None:
+        """template-member.yaml's forwarding rule in a member account, targeting the hub's default bus."""
+        events = member.client("events", region_name=region)
+        events.put_rule(
+            Name="opsbot-forward-security-group-events", EventPattern=json.dumps(member_forwarding_pattern())
+        )
+        events.put_targets(
+            Rule="opsbot-forward-security-group-events",
+            Targets=[{"Id": "opsbot-hub-bus", "Arn": f"arn:aws:events:{region}:{hub_account}:event-bus/default"}],
+        )
+
+    def deliver(self, invoke: Callable[[str, dict[str, Any]], Any] | None = None) -> list[tuple[EventRoute, Any]]:
+        """Hand every queued event to its handler; returns (route, result) per event."""
+        invoke = invoke or call_handler
+        sqs = self.hub.client("sqs")
+        out = []
+        for url, route in self.by_queue.items():
+            while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+                for message in messages:
+                    out.append((route, invoke(route.handler, json.loads(message["Body"]))))
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return out
+
+
+@dataclass
+class LocalLambdaContext:
+    """What the Lambda runtime passes as ``context`` (the attributes Powertools reads)."""
+
+    function_name: str
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:opsbot-local"
+    aws_request_id: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def call_handler(handler: str, event: dict[str, Any]) -> Any:
+    module, _, name = handler.rpartition(".")
+    function = getattr(importlib.import_module(module), name)
+    return function(event, LocalLambdaContext(function_name=handler))

@@ -1,0 +1,89 @@
+"""The periodic sweep: the same policy over every group in every account/region, as a scheduled task."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+
+from automations.notify import Notifier
+from automations.runs import Trigger, plan_run, run_now, task_kinds
+from automations.sg_policy import load_policy
+from opsbot.local.slack_standin import SlackStandIn
+from tests.conftest import ACCOUNT_A, ACCOUNT_B, ROOT_RULES, make_tasks
+
+TASKS = make_tasks("tasks:\n  - {name: sg-sweep, kind: security-group-sweep, schedule: 'rate(1 hour)'}\n")
+POLICY_TEXT = (ROOT_RULES / "security_groups.yaml").read_text()
+WHEN = datetime(2026, 11, 25, 10, 5, tzinfo=UTC)
+
+
+def open_group(ec2: Any, name: str, cidr: str, port: int = 22, tags: dict[str, str] | None = None) -> str:
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    kwargs: dict[str, Any] = {"GroupName": name, "Description": name, "VpcId": vpc}
+    if tags:
+        kwargs["TagSpecifications"] = [
+            {"ResourceType": "security-group", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        ]
+    group = ec2.create_security_group(**kwargs)["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": cidr}]}],
+    )
+    return str(group)
+
+
+def world_rules(ec2: Any, group: str) -> int:
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group]}])["SecurityGroupRules"]
+    return sum(1 for r in rules if not r["IsEgress"] and r.get("CidrIpv4") == "0.0.0.0/0")
+
+
+def sweep(ledger, fleet, broker, notifier, policy_text=POLICY_TEXT, when=WHEN) -> dict[str, Any]:
+    kinds = task_kinds(load_policy("rules/security_groups.yaml", policy_text))
+    plan = plan_run(ledger, fleet, TASKS, "sg-sweep", Trigger("schedule"), when, kinds=kinds)
+    return run_now(plan, TASKS, broker, ledger, notifier, kinds=kinds)
+
+
+def test_first_sweep_after_a_rules_change_reports_then_the_next_revokes(ledger, fleet, broker, member):
+    a, b = member(ACCOUNT_A).ec2, member(ACCOUNT_B, "eu-west-1").ec2
+    ssh = open_group(a, "legacy-ssh", "0.0.0.0/0")
+    db = open_group(b, "old-db", "0.0.0.0/0", port=5432)
+    web = open_group(a, "web", "0.0.0.0/0", port=443)
+    bastion = open_group(
+        a, "bastion", "0.0.0.0/0", tags={"opsbot:exempt-until": "2027-01-31", "opsbot:exempt-reason": "SEC-9"}
+    )
+    with SlackStandIn("xoxb-t") as slack:
+        notifier = Notifier(slack=WebClient("xoxb-t", base_url=slack.base_url), slack_channel="#sec")
+        first = sweep(ledger, fleet, broker, notifier)
+        assert first["dry_run"] is True and "report only" in first["report_only_reason"]
+        assert first["counts"]["would_revoke"] == 2 and first["counts"]["exempt"] == 1
+        assert world_rules(a, ssh) == 1 and world_rules(b, db) == 1
+
+        second = sweep(ledger, fleet, broker, notifier, when=WHEN + timedelta(hours=1))
+        assert second["dry_run"] is False and not second.get("report_only_reason")
+        assert second["counts"]["revoked"] == 2
+        assert world_rules(a, ssh) == 0 and world_rules(b, db) == 0
+        assert world_rules(a, web) == 1 and world_rules(a, bastion) == 1  # allowed; exempt
+
+        third = sweep(ledger, fleet, broker, notifier, when=WHEN + timedelta(hours=2))
+        assert third["counts"].get("revoked", 0) == 0
+        messages = slack.messages()
+    # One alert per sweep that found something; the clean third sweep stays quiet.
+    assert len(messages) == 2
+    assert "2 to revoke" in messages[0]["blocks"][0]["text"]["text"]
+    assert "2 revoked" in messages[1]["blocks"][0]["text"]["text"]
+    assert ssh in str(messages[1]["blocks"]) and db in str(messages[1]["blocks"])
+    # A changed rules file makes the next sweep report-only again.
+    changed = sweep(ledger, fleet, broker, None, POLICY_TEXT + "\n# reviewed\n", WHEN + timedelta(hours=3))
+    assert changed["dry_run"] is True
+
+
+def test_report_only_after_change_can_be_switched_off(ledger, fleet, broker, member):
+    a = member(ACCOUNT_A).ec2
+    ssh = open_group(a, "legacy-ssh", "0.0.0.0/0")
+    text = POLICY_TEXT.replace(
+        "sweep_report_only_after_rules_change: true", "sweep_report_only_after_rules_change: false"
+    )
+    result = sweep(ledger, fleet, broker, None, text)
+    assert result["dry_run"] is False and result["counts"]["revoked"] == 1
+    assert world_rules(a, ssh) == 0
