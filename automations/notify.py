@@ -39,9 +39,11 @@ class Alert:
     details: list[str] = field(default_factory=list)
     context: str = ""
     kind: str = "opsbot"
+    # Machine-readable facts for SNS subscribers (e.g. a breach alert's id, usage, limit); not shown in Slack.
+    data: dict[str, Any] = field(default_factory=dict)
 
     def as_message(self) -> dict[str, Any]:
-        return {
+        message: dict[str, Any] = {
             "kind": self.kind,
             "title": self.title,
             "severity": self.severity,
@@ -50,6 +52,9 @@ class Alert:
             "details": self.details,
             "context": self.context,
         }
+        if self.data:
+            message["data"] = self.data
+        return message
 
     def as_blocks(self) -> list[Block]:
         emoji = SEVERITY_EMOJI.get(self.severity, "")

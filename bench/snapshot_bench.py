@@ -117,6 +117,7 @@ def run_task(rules_dir: str) -> None:
         json.dumps(
             {
                 "status": run["status"],
+                "failures": run.get("failures", [])[:4],
                 "created": created,
                 "ec2_calls": calls["ec2"],
                 "wall_seconds": round(wall, 2),
@@ -170,6 +171,8 @@ def main() -> None:
         server.stop(moto.pid)
     per_volume = result["ec2_calls"] / max(result["created"], 1)
     print(f"status                       {result['status']}")
+    for failure in result["failures"]:
+        print(f"  failure: {failure}")
     print(f"volumes snapshotted          {result['created']}")
     print(f"EC2 API calls                {result['ec2_calls']}")
     print(f"EC2 calls per volume         {per_volume:.4f}   (target <= 1.05)")

@@ -19,6 +19,7 @@ from automations.runtime import Settings, build_notifier, build_runtime
 from opsbot.cli import runs_table
 from opsbot.environment import apply_local_environment, session
 from opsbot.local import server
+from opsbot.local.demo_security import security_chapter
 from opsbot.local.lifecycle import seed_into
 from opsbot.local.slack_standin import SlackStandIn
 from opsbot.tables import table
@@ -91,7 +92,8 @@ def demo(port: int = 0) -> int:
                 )
             )
             print("unknown task names in tags:", first.get("unknown_tasks"))
-            print(f"Slack messages posted: {len(slack.messages())}")
+            security_chapter(state, rt, notifier, _say)
+            print(f"\nSlack messages posted: {len(slack.messages())}")
     finally:
         server.stop(moto.pid)
     _say(f"demo finished in {time.monotonic() - started:.1f}s")

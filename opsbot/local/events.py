@@ -24,6 +24,11 @@ class EventRoute:
     event: str
     pattern: dict[str, Any]
 
+    @property
+    def local_name(self) -> str:
+        """The rule's (and its queue's) name in the local AWS."""
+        return f"opsbot-local-{self.function}-{self.event}"[:64]
+
 
 def routes(template_path: Path = PROJECT_ROOT / "template.yaml") -> list[EventRoute]:
     """Every EventBridgeRule event of every function in the hub template."""
@@ -52,14 +57,20 @@ class EventRouter:
         events, sqs = self.hub.client("events"), self.hub.client("sqs")
         found = routes()
         for route in found:
-            name = f"opsbot-local-{route.function}-{route.event}"[:64]
-            url = sqs.create_queue(QueueName=name[:80])["QueueUrl"]
+            name = route.local_name
+            url = sqs.create_queue(QueueName=name)["QueueUrl"]
             arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             events.put_rule(Name=name, EventPattern=json.dumps(route.pattern), State="ENABLED")
             events.put_targets(Rule=name, Targets=[{"Id": "queue", "Arn": arn}])
             self.queues[name] = url
             self.by_queue[url] = route
         return found
+
+    def attach(self, queues: dict[str, str]) -> None:
+        """Use routes installed earlier (``install``'s queues, e.g. kept in the local state file)."""
+        by_name = {r.local_name: r for r in routes()}
+        self.queues = dict(queues)
+        self.by_queue = {url: by_name[name] for name, url in queues.items() if name in by_name}
 
     def install_member_forwarding(self, member: boto3.Session, hub_account: str, region: str) -> None:
         """template-member.yaml's forwarding rule in a member account, targeting the hub's default bus."""

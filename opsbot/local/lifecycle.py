@@ -74,6 +74,7 @@ def seed_into(endpoint: str, slack_api_url: str, slack_token: str) -> dict[str, 
             resources, OPSBOT_SLACK_API_URL=slack_api_url, OPSBOT_SLACK_CHANNEL=SLACK_CHANNEL
         ),
         "seed_lines": report.lines,
+        **{k: v for k, v in report.security.items() if k != "line"},
     }
 
 

@@ -20,7 +20,8 @@ import boto3
 
 from automations.fleet import Fleet
 from automations.schedules import slot_label
-from opsbot.cfn import PROJECT_ROOT, load_template, resources_of_type
+from opsbot.cfn import PROJECT_ROOT, load_template
+from opsbot.local.seed_security import seed_security
 
 DENIED_ACCOUNT_NAME = "legacy-sandbox"
 OPERATOR_USER = "opsbot-operator"
@@ -33,6 +34,7 @@ class SeedReport:
     snapshots: int = 0
     images: int = 0
     operator_keys: dict[str, str] = field(default_factory=dict)
+    security: dict[str, Any] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
 
@@ -40,11 +42,10 @@ def member_role_actions() -> list[str]:
     """Every action template-member.yaml grants OpsBotExecutionRole."""
     template = load_template(PROJECT_ROOT / "template-member.yaml")
     actions: set[str] = set()
-    for role in resources_of_type(template, "AWS::IAM::Role").values():
-        for policy in role["Properties"].get("Policies", []):
-            for statement in policy["PolicyDocument"]["Statement"]:
-                found = statement["Action"]
-                actions.update([found] if isinstance(found, str) else found)
+    for policy in template["Resources"]["OpsBotExecutionRole"]["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            found = statement["Action"]
+            actions.update([found] if isinstance(found, str) else found)
     return sorted(actions)
 
 
@@ -231,13 +232,16 @@ def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") 
     hub_account = base.client("sts").get_caller_identity()["Account"]
     report = SeedReport()
     allowed = []
+    members: dict[str, boto3.Session] = {}
     for account in fleet.accounts:
-        member = _member_session(base, fleet, account.id)
+        member = members[account.id] = _member_session(base, fleet, account.id)
         create_member_role(member, fleet, hub_account)
         if account.name != DENIED_ACCOUNT_NAME:
             allowed.append(account.id)
         for region in account.regions:
             seed_region(member, account.name, region, task, report)
+    report.security = seed_security(base, members, {a.id: a.regions for a in fleet.accounts})
+    report.lines.append(report.security["line"])
     report.operator_keys = create_operator(base, fleet, allowed)
     report.lines.append(f"hub {hub_account}: operator {OPERATOR_USER} may assume the role in {len(allowed)} accounts")
     return report
