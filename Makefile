@@ -38,6 +38,7 @@ test: lint typecheck cfn validate pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/snapshot_bench.py
+	$(BIN)/python bench/sg_bench.py
 
 # The Lambda package: automations/, handlers/, rules/ and the runtime pins; not the CLI, tests or docs.
 # Then: sam build && sam deploy --guided

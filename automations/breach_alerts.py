@@ -204,9 +204,7 @@ def decide(
         due = now - last >= timedelta(hours=t.reminder_hours)
         event = "reminder" if due else "steady"
     if event != "steady":
-        item.update(
-            last_notified_at=stamp, notifications=int(prev.get("notifications") or 0) + 1, last_event=event
-        )
+        item.update(last_notified_at=stamp, notifications=int(prev.get("notifications") or 0) + 1, last_event=event)
     return event, item
 
 
@@ -240,9 +238,9 @@ class AlertBook:
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     def state(self, account: str, region: str, key: str) -> dict[str, Any] | None:
-        item = self.table.get_item(
-            Key={"pk": self.pk(account, region), "sk": f"KEY#{key}"}, ConsistentRead=True
-        ).get("Item")
+        item = self.table.get_item(Key={"pk": self.pk(account, region), "sk": f"KEY#{key}"}, ConsistentRead=True).get(
+            "Item"
+        )
         return plain(item) if item else None
 
     def observe(
@@ -378,13 +376,17 @@ def alert_message(t: Transition) -> Alert:
             if t.event != "resolved"
             else f"The `{m.name}` check runs again in {s['account']}/{s['region']}."
         )
+    elif t.event == "resolved" and pct is None:
+        title = f"{label}: {s['name']} in {where}"
+        summary = (
+            f"{m.note or 'No longer measured.'} Open since {s['opened_at']}, peak {s.get('peak_percent') or 0:.1f}%."
+        )
     elif t.event == "resolved":
         title = f"{label}: {s['name']} back to {pct_text} in {where}"
         summary = (
             f"{s['name']} is at {_num(s.get('usage'))} of {_num(s['limit'])} ({pct_text}), below "
             f"{thresholds['resolve_below']:g}%. Open {_since(s['opened_at'], s['resolved_at'])} "
-            f"since {s['opened_at']}, peak {s.get('peak_percent') or 0:.1f}%."
-            + (f" {m.note}" if m.note else "")
+            f"since {s['opened_at']}, peak {s.get('peak_percent') or 0:.1f}%." + (f" {m.note}" if m.note else "")
         )
     else:
         title = f"{label}: {s['name']} at {pct_text} in {where}"
@@ -407,7 +409,10 @@ def alert_message(t: Transition) -> Alert:
         fields += [
             ("Usage / limit", f"{_num(s.get('usage'))} / {_num(s['limit'])}"),
             ("Percent", pct_text),
-            ("Since last check", direction(t.previous_percent, pct if s.get("no_data_since") is None else None, t.event)),
+            (
+                "Since last check",
+                direction(t.previous_percent, pct if s.get("no_data_since") is None else None, t.event),
+            ),
         ]
     fields += [("Alert", f"`{s['alert_id']}`"), ("Opened", s["opened_at"])]
     details = list(s.get("breakdown") or [])
@@ -420,7 +425,9 @@ def alert_message(t: Transition) -> Alert:
         details.append(f"<{s['link']}|Service Quotas console>")
     runbook = RUNBOOKS.get(s["check"].removesuffix("-access"), "docs/runbooks/quota-breach.md")
     return Alert(
-        kind="breach-check-failed" if failure else ("lambda-concurrency" if m.check == "lambda-concurrency" else "service-quota"),
+        kind="breach-check-failed"
+        if failure
+        else ("lambda-concurrency" if m.check == "lambda-concurrency" else "service-quota"),
         title=title,
         severity=severity,
         summary=summary,

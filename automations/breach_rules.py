@@ -150,9 +150,7 @@ def rules_from_document(doc: LoadedDocument) -> BreachRules:
     return BreachRules(
         defaults=Thresholds(**data["thresholds"]),
         lambda_concurrency=LambdaConcurrencyRules(**lam),
-        service_quotas=ServiceQuotaRules(
-            **{**sq, "services": tuple(sq.get("services", ServiceQuotaRules.services))}
-        ),
+        service_quotas=ServiceQuotaRules(**{**sq, "services": tuple(sq.get("services", ServiceQuotaRules.services))}),
         overrides=tuple(
             Override(
                 account=o.get("account"),

@@ -58,9 +58,7 @@ def measure_lambda_concurrency(
     account_limit = float(limits["ConcurrentExecutions"])
     unreserved_limit = float(limits["UnreservedConcurrentExecutions"])
     functions = {
-        f["FunctionName"]: f
-        for page in lam.get_paginator("list_functions").paginate()
-        for f in page["Functions"]
+        f["FunctionName"]: f for page in lam.get_paginator("list_functions").paginate() for f in page["Functions"]
     }
     stat = rules.statistic
     queries = [

@@ -68,7 +68,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rules_dir = Path(args.rules)
     problems: list[Problem] = []
     tasks: dict[str, Any] = {}
-    for loader, file in ((load_fleet, "fleet.yaml"), (load_tasks, "tasks.yaml")):
+    from automations.sg_policy import load_policy
+
+    optional = {"security_groups.yaml"}
+    for loader, file in ((load_fleet, "fleet.yaml"), (load_tasks, "tasks.yaml"), (load_policy, "security_groups.yaml")):
+        if file in optional and not (rules_dir / file).exists():
+            continue
         try:
             loaded = loader(rules_dir / file)
             if file == "tasks.yaml":

@@ -138,3 +138,13 @@ def test_shipped_rules_and_bad_files(tmp_path):
     assert "rules/security_groups.yaml:5: rules[1].name: duplicate rule name 'ssh'" in problems
     assert "rules/security_groups.yaml:7: rules[1].ports[0]: bad port range '30-20'" in problems
     assert any(p.startswith("rules/security_groups.yaml:8: rules[1].when: bad JMESPath") for p in problems)
+
+
+def test_opsbot_validate_checks_the_security_group_rules(tmp_path, capsys):
+    from opsbot.cli import main
+
+    for name in ("fleet.yaml", "tasks.yaml"):
+        (tmp_path / name).write_text((ROOT / "rules" / name).read_text())
+    (tmp_path / "security_groups.yaml").write_text("rules:\n  - {name: x, mode: nope, ports: [22]}\n")
+    assert main(["validate", "--rules", str(tmp_path)]) == 1
+    assert f"{tmp_path}/security_groups.yaml:2: rules[0].mode: 'nope' is not one of" in capsys.readouterr().out
