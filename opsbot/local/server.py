@@ -54,13 +54,16 @@ def is_up(url: str) -> bool:
 
 
 def start(port: int = DEFAULT_PORT, log_file: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``moto.server`` as its own process and wait until it answers."""
+    """Start moto's server as its own process and wait until it answers.
+
+    It runs through opsbot/local/aws_shims.py, which adds (locally only) what moto lacks:
+    lambda:GetAccountSettings and Service Quotas data."""
     url = endpoint(port)
     if is_up(url):
         raise RuntimeError(f"something already answers on {url}; pick another --port")
     log = open(log_file or os.devnull, "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        [sys.executable, "-m", "opsbot.local.aws_shims", "-H", HOST, "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -1,0 +1,297 @@
+"""LOCAL ONLY - a small shim for what moto lacks, answering with the real APIs' shapes.
+
+Used by the local AWS (``python -m opsbot.local.aws_shims``, which `opsbot local up`, the demo and the
+benchmark start instead of ``moto.server``) and by tests in-process (``with shims(): ...`` inside
+``mock_aws``). Nothing in automations/ or handlers/ imports it: the deployed code talks to real AWS.
+
+What moto (5.2) lacks, and what this adds to it:
+  1. lambda:GetAccountSettings (GET /2016-08-19/account-settings/) - not implemented at all.
+     Answered from moto's own Lambda state: FunctionCount and TotalCodeSize from the functions,
+     AccountLimit.ConcurrentExecutions from the account's Lambda quota L-B99A9384 (below; 1,000 by
+     default, as on AWS), AccountLimit.UnreservedConcurrentExecutions = that minus every reservation
+     made with PutFunctionConcurrency. Shape: Lambda API reference, GetAccountSettings, and the AWS CLI
+     reference example `aws lambda get-account-settings`.
+  2. servicequotas:ListServiceQuotas - not implemented; servicequotas:ListAWSDefaultServiceQuotas -
+     only 'vpc', without pagination; servicequotas:RequestServiceQuotaIncrease - not implemented.
+     Answered from ``service_quotas.json`` (real entries, sources named in its ``_source``) plus
+     moto's own VPC defaults, paginated (MaxResults 1-100, NextToken) as the API is. An increase
+     request is approved at once (Status APPROVED) and becomes the quota's applied value in that
+     account and region. Shapes: Service Quotas API reference (ServiceQuota, MetricInfo,
+     RequestedServiceQuotaChange). ``OPSBOT_LOCAL_QUOTA_CATALOG`` names another catalog file (the
+     benchmark's 1,000 quotas).
+  3. IAM enforcement: moto names an action after the request's SigV4 signing name, and CloudWatch
+     signs as "monitoring", so moto checks "monitoring:GetMetricData" where AWS checks
+     "cloudwatch:GetMetricData". The shim maps the prefix back, so the member role's real grant works.
+
+CloudWatch metrics that AWS publishes itself (AWS/Lambda, AWS/Usage) are put locally with
+PutMetricData (opsbot/local/seed.py); moto accepts those namespaces, AWS would not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+CATALOG_FILE = Path(__file__).with_name("service_quotas.json")
+CATALOG_ENV = "OPSBOT_LOCAL_QUOTA_CATALOG"
+LAMBDA_SERVICE = "lambda"
+LAMBDA_CONCURRENCY_QUOTA = "L-B99A9384"
+LAMBDA_DEFAULT_CONCURRENCY = 1000
+ACCOUNT_SETTINGS_PATH = r"{0}/(?P<api_version>[^/]+)/account-settings/?$"
+# Lambda's fixed code-storage limits, as GetAccountSettings reports them (AWS CLI reference example).
+CODE_SIZE_UNZIPPED = 262_144_000
+CODE_SIZE_ZIPPED = 52_428_800
+TOTAL_CODE_SIZE = 80_530_636_800
+MAX_RESULTS = 100
+
+
+@cache
+def _catalog(path: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))["services"]
+    return data
+
+
+def catalog() -> dict[str, Any]:
+    return _catalog(os.environ.get(CATALOG_ENV) or str(CATALOG_FILE))
+
+
+def _service_quotas(service: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """(ServiceName, default quotas) for a service code, or None if the local AWS does not know it."""
+    known = catalog().get(service)
+    if known is not None:
+        return known["ServiceName"], known["Quotas"]
+    if service == "vpc":
+        from moto.servicequotas.resources.default_quotas.vpc import VPC_DEFAULT_QUOTAS
+
+        quotas: list[dict[str, Any]] = [
+            {k: v for k, v in q.items() if k not in ("ServiceCode", "ServiceName", "QuotaArn")}
+            for q in VPC_DEFAULT_QUOTAS
+        ]
+        return str(VPC_DEFAULT_QUOTAS[0]["ServiceName"]), quotas
+    return None
+
+
+def _applied(backend: Any) -> dict[tuple[str, str], float]:
+    """Applied values of one account/region, kept on moto's backend (so moto's reset clears them)."""
+    store: dict[tuple[str, str], float] | None = getattr(backend, "opsbot_applied", None)
+    if store is None:
+        store = {}
+        backend.opsbot_applied = store
+    return store
+
+
+def applied_value(account: str, region: str, service: str, code: str) -> float | None:
+    from moto.servicequotas.models import servicequotas_backends
+
+    return _applied(servicequotas_backends[account][region]).get((service, code))
+
+
+def _page(items: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    size = max(1, min(int(params.get("MaxResults") or MAX_RESULTS), MAX_RESULTS))
+    start = int(base64.b64decode(params["NextToken"]).decode()) if params.get("NextToken") else 0
+    out: dict[str, Any] = {"Quotas": items[start : start + size]}
+    if start + size < len(items):
+        out["NextToken"] = base64.b64encode(str(start + size).encode()).decode()
+    return out
+
+
+def _quota(entry: dict[str, Any], service: str, service_name: str, arn: str, value: float) -> dict[str, Any]:
+    q = {k: v for k, v in entry.items() if not k.startswith("_")}
+    return {"ServiceCode": service, "ServiceName": service_name, "QuotaArn": arn, **q, "Value": value}
+
+
+# ---- servicequotas ------------------------------------------------------------------------------
+def _list_aws_default_service_quotas(self: Any) -> str:
+    params = json.loads(self.body or "{}")
+    service = str(params.get("ServiceCode"))
+    known = _service_quotas(service)
+    if known is None:
+        from moto.servicequotas.exceptions import NoSuchResource
+
+        raise NoSuchResource()
+    name, quotas = known
+    items = [
+        # Default values have no account in their ARN (AWS CLI reference example).
+        _quota(q, service, name, f"arn:aws:servicequotas:{self.region}::{service}/{q['QuotaCode']}", float(q["Value"]))
+        for q in quotas
+    ]
+    return json.dumps(_page(items, params))
+
+
+def _list_service_quotas(self: Any) -> str:
+    params = json.loads(self.body or "{}")
+    service = str(params.get("ServiceCode"))
+    known = _service_quotas(service)
+    if known is None:
+        from moto.servicequotas.exceptions import NoSuchResource
+
+        raise NoSuchResource()
+    name, quotas = known
+    applied = _applied(self.backend)
+    items = [
+        _quota(
+            q,
+            service,
+            name,
+            f"arn:aws:servicequotas:{self.region}:{self.current_account}:{service}/{q['QuotaCode']}",
+            applied.get((service, q["QuotaCode"]), float(q["Value"])),
+        )
+        for q in quotas
+        if q.get("_applied_value_available", True) or (service, q["QuotaCode"]) in applied
+        if not params.get("QuotaCode") or params["QuotaCode"] == q["QuotaCode"]
+    ]
+    return json.dumps(_page(items, params))
+
+
+def _request_service_quota_increase(self: Any) -> str:
+    params = json.loads(self.body or "{}")
+    service, code = str(params.get("ServiceCode")), str(params.get("QuotaCode"))
+    known = _service_quotas(service)
+    entry = next((q for q in (known or ("", []))[1] if q["QuotaCode"] == code), None)
+    if known is None or entry is None:
+        from moto.servicequotas.exceptions import NoSuchResource
+
+        raise NoSuchResource()
+    desired = float(params["DesiredValue"])
+    _applied(self.backend)[(service, code)] = desired  # locally, approved at once
+    now = time.time()
+    return json.dumps(
+        {
+            "RequestedQuota": {
+                "Id": os.urandom(16).hex(),
+                "ServiceCode": service,
+                "ServiceName": known[0],
+                "QuotaCode": code,
+                "QuotaName": entry["QuotaName"],
+                "DesiredValue": desired,
+                "Status": "APPROVED",
+                "Created": now,
+                "LastUpdated": now,
+                "Requester": f"arn:aws:iam::{self.current_account}:root",
+                "QuotaArn": f"arn:aws:servicequotas:{self.region}:{self.current_account}:{service}/{code}",
+                "GlobalQuota": bool(entry.get("GlobalQuota")),
+                "Unit": entry.get("Unit", "None"),
+                "QuotaRequestedAtLevel": "ACCOUNT",
+            }
+        }
+    )
+
+
+# ---- lambda -------------------------------------------------------------------------------------
+def account_settings(account: str, region: str) -> dict[str, Any]:
+    from moto.awslambda.models import lambda_backends
+
+    functions = list(lambda_backends[account][region].list_functions())
+    limit = applied_value(account, region, LAMBDA_SERVICE, LAMBDA_CONCURRENCY_QUOTA) or LAMBDA_DEFAULT_CONCURRENCY
+    reserved = sum(int(f.reserved_concurrency) for f in functions if f.reserved_concurrency)
+    return {
+        "AccountLimit": {
+            "TotalCodeSize": TOTAL_CODE_SIZE,
+            "CodeSizeUnzipped": CODE_SIZE_UNZIPPED,
+            "CodeSizeZipped": CODE_SIZE_ZIPPED,
+            "ConcurrentExecutions": int(limit),
+            "UnreservedConcurrentExecutions": int(limit) - reserved,
+        },
+        "AccountUsage": {
+            "TotalCodeSize": sum(int(f.code_size or 0) for f in functions),
+            "FunctionCount": len(functions),
+        },
+    }
+
+
+def _get_account_settings(self: Any) -> tuple[int, dict[str, str], str]:
+    return 200, {}, json.dumps(account_settings(self.current_account, self.region))
+
+
+# ---- IAM action names ----------------------------------------------------------------------------
+_SIGNING_NAME_TO_IAM_PREFIX = {"monitoring": "cloudwatch"}
+
+
+def _patched_iam_init(original: Any) -> Any:
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        prefix, _, action = self._action.partition(":")
+        if prefix in _SIGNING_NAME_TO_IAM_PREFIX:
+            self._action = f"{_SIGNING_NAME_TO_IAM_PREFIX[prefix]}:{action}"
+
+    init.opsbot_original = original  # type: ignore[attr-defined]
+    return init
+
+
+# ---- install ----------------------------------------------------------------------------------
+_ORIGINAL_DEFAULTS: Any = None  # moto's own ListAWSDefaultServiceQuotas, put back by uninstall()
+
+
+def install() -> None:
+    """Add the shim to moto (idempotent). Before the server's first request, or inside mock_aws."""
+    from moto.awslambda import urls as lambda_urls
+    from moto.awslambda.responses import LambdaResponse
+    from moto.iam.access_control import IAMRequestBase
+    from moto.servicequotas.responses import ServiceQuotasResponse
+
+    global _ORIGINAL_DEFAULTS
+    current = vars(ServiceQuotasResponse)["list_aws_default_service_quotas"]
+    if current is not _list_aws_default_service_quotas:
+        _ORIGINAL_DEFAULTS = current
+    lambda_urls.url_paths.setdefault(ACCOUNT_SETTINGS_PATH, LambdaResponse.dispatch)
+    LambdaResponse.get_account_settings = _get_account_settings  # type: ignore[attr-defined]
+    ServiceQuotasResponse.list_service_quotas = _list_service_quotas  # type: ignore[attr-defined]
+    ServiceQuotasResponse.list_aws_default_service_quotas = _list_aws_default_service_quotas  # type: ignore[method-assign]
+    ServiceQuotasResponse.request_service_quota_increase = _request_service_quota_increase  # type: ignore[attr-defined]
+    if not hasattr(IAMRequestBase.__init__, "opsbot_original"):
+        IAMRequestBase.__init__ = _patched_iam_init(IAMRequestBase.__init__)  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    from moto.awslambda import urls as lambda_urls
+    from moto.awslambda.responses import LambdaResponse
+    from moto.iam.access_control import IAMRequestBase
+    from moto.servicequotas.responses import ServiceQuotasResponse
+
+    lambda_urls.url_paths.pop(ACCOUNT_SETTINGS_PATH, None)
+    for cls, name in (
+        (LambdaResponse, "get_account_settings"),
+        (ServiceQuotasResponse, "list_service_quotas"),
+        (ServiceQuotasResponse, "request_service_quota_increase"),
+    ):
+        if name in vars(cls):
+            delattr(cls, name)
+    if _ORIGINAL_DEFAULTS is not None:
+        ServiceQuotasResponse.list_aws_default_service_quotas = _ORIGINAL_DEFAULTS  # type: ignore[method-assign]
+    original = getattr(IAMRequestBase.__init__, "opsbot_original", None)
+    if original is not None:
+        IAMRequestBase.__init__ = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def shims() -> Iterator[None]:
+    """For tests: the shim inside ``mock_aws`` for the length of the block."""
+    install()
+    try:
+        yield
+    finally:
+        uninstall()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m opsbot.local.aws_shims -H 127.0.0.1 -p 4566``: moto's server, with the shim."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    install()
+    from moto.server import main as moto_server
+
+    moto_server(["-H", args.host, "-p", str(args.port)])
+
+
+if __name__ == "__main__":
+    main()
