@@ -332,7 +332,8 @@ def close_check(
         counts.update(u.get("counts", {}))
         counts["metric_calls"] += int(u.get("metric_calls") or 0)
     by_status = Counter(u["status"] for u in units)
-    by_status[L.FAILED] += len(missing)
+    if missing:
+        by_status[L.FAILED] += len(missing)
     total = len(units) + len(missing)
     if total == 0 or by_status[L.SUCCEEDED] == total:
         status = L.SUCCEEDED

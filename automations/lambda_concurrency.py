@@ -80,6 +80,7 @@ def measure_lambda_concurrency(
     for name in functions:
         if fn_peak[name] <= 0 and function_key(name) not in open_keys:
             continue
+        counts["reservations_read"] += 1
         try:
             value = lam.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
         except ClientError as exc:
@@ -88,7 +89,7 @@ def measure_lambda_concurrency(
             raise
         if value is not None:
             reserved[name] = int(value)
-    counts["reservations_read"] = len(reserved)
+    counts["reserved_functions"] = len(reserved)
 
     account_peak = peaks.get("account") or 0.0
     unreserved_peak = peaks.get("unreserved") or 0.0

@@ -16,7 +16,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import (
+    ActionsBlock,
     Block,
+    ButtonElement,
     ContextBlock,
     HeaderBlock,
     MarkdownTextObject,
@@ -41,6 +43,8 @@ class Alert:
     kind: str = "opsbot"
     # Machine-readable facts for SNS subscribers (e.g. a breach alert's id, usage, limit); not shown in Slack.
     data: dict[str, Any] = field(default_factory=dict)
+    # Slack buttons: (label, action_id, value, style). The value names a stored alert, never a free target.
+    buttons: list[tuple[str, str, str, str | None]] = field(default_factory=list)
 
     def as_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {
@@ -71,6 +75,16 @@ class Alert:
             blocks.append(SectionBlock(text=MarkdownTextObject(text=text[:2900])))
         if self.context:
             blocks.append(ContextBlock(elements=[MarkdownTextObject(text=self.context)]))
+        if self.buttons:
+            blocks.append(
+                ActionsBlock(
+                    block_id="opsbot-actions",
+                    elements=[
+                        ButtonElement(text=label, action_id=action_id, value=value, style=style)
+                        for label, action_id, value, style in self.buttons
+                    ],
+                )
+            )
         return blocks
 
 

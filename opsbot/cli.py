@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from automations.kill_switches import describe
 from automations.ledger import Ledger
 from automations.rulebook import Problem, RulebookError
 from automations.runs import TaskError, Trigger, plan_run, run_now
@@ -259,6 +260,87 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- kill switches and pause --------------------------------------------------------------------
+def _switchboard(rt: Runtime, hub: bool = False) -> Any:
+    from automations.kill_switches import Switchboard
+
+    if hub:  # opsbot's own rules live in the hub: the operator's own session, no assumed role
+        session: Any = environment.session()
+        return Switchboard(
+            rt.ledger.table, lambda account, region, service: session.client(service, region_name=region)
+        )
+    return Switchboard(rt.ledger.table, rt.broker.client)
+
+
+def _cli_actor() -> Any:
+    from automations.kill_switches import Actor
+
+    caller = _caller()
+    return Actor("cli", caller, caller.rsplit("/", 1)[-1])
+
+
+def cmd_killswitch(args: argparse.Namespace) -> int:
+    from automations.kill_switches import SwitchError, Target
+
+    rt = _runtime()
+    board = _switchboard(rt)
+    if args.action == "status":
+        items = board.flipped()
+        print(
+            table(
+                ["TARGET", "ACCOUNT", "REGION", "SINCE", "BY", "WAS", "WHY"],
+                [
+                    [
+                        f"{i['target']['kind']}:{i['target']['id']}",
+                        i["target"]["account"],
+                        i["target"]["region"],
+                        i["flipped_at"],
+                        f"{i['flipped_by']['type']}:{i['flipped_by'].get('name') or i['flipped_by']['id']}",
+                        describe(i.get("previous")),
+                        i.get("alert_id") or i.get("alarm") or i.get("group") or i.get("reason") or "",
+                    ]
+                    for i in items
+                ],
+            )
+        )
+        return 0
+    if not args.target:
+        print("error: opsbot killswitch flip|restore TARGET", file=sys.stderr)
+        return 2
+    try:
+        target = Target.parse(args.target, args.account, args.region)
+    except SwitchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    actor = _cli_actor()
+    result = (
+        board.flip(target, actor, reason=args.reason)
+        if args.action == "flip"
+        else board.restore(target, actor, reason=args.reason)
+    )
+    print(result.sentence())
+    return 1 if result.outcome == "failed" else 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from automations import pause as pausing
+
+    rt = _runtime()
+    board = _switchboard(rt, hub=True)
+    if args.command == "pause":
+        session = environment.session()
+        account = session.client("sts").get_caller_identity()["Account"]
+        region = session.region_name or "us-east-1"
+        results = pausing.pause(board, session.client("events"), account, region, _cli_actor())
+    else:
+        results = pausing.resume(board, _cli_actor())
+    for r in results:
+        print(r.sentence())
+    if not results:
+        print("nothing to do" if args.command == "pause" else "nothing paused by opsbot pause")
+    return 1 if any(r.outcome == "failed" for r in results) else 0
+
+
 # ---- local ---------------------------------------------------------------------------------
 def cmd_local(args: argparse.Namespace) -> int:
     from opsbot.local import lifecycle
@@ -301,6 +383,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_id", nargs="?")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("killswitch", help="flip | restore | status of kill switches")
+    p.add_argument("action", choices=["flip", "restore", "status"])
+    p.add_argument("target", nargs="?", help="lambda:NAME, rule:NAME, esm:UUID, or an ARN")
+    p.add_argument("--account")
+    p.add_argument("--region")
+    p.add_argument("--reason", help="recorded with the switch")
+    p.set_defaults(func=cmd_killswitch)
+
+    for name, text in (
+        ("pause", "disable opsbot's own EventBridge rules (states recorded)"),
+        ("resume", "put opsbot's rules back exactly as they were before pause"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.set_defaults(func=cmd_pause)
 
     p = sub.add_parser("local", help="the local embedded AWS: up | seed | slack | down")
     p.add_argument("action", choices=["up", "seed", "slack", "down"])

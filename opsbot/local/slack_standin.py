@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,8 +40,15 @@ def render(payload: dict[str, Any]) -> str:
 
 
 class SlackStandIn:
-    def __init__(self, token: str, port: int = 0, echo: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        token: str,
+        port: int = 0,
+        echo: Callable[[str], None] | None = None,
+        user_groups: dict[str, list[str]] | None = None,
+    ):
         self.token = token
+        self.user_groups = user_groups or {}
         self.calls: list[dict[str, Any]] = []
         self.echo = echo
         self._lock = threading.Lock()
@@ -59,6 +67,10 @@ class SlackStandIn:
         self._server.shutdown()
         self._server.server_close()
 
+    def response_url(self) -> str:
+        """A per-message response_url, as Slack puts in interaction payloads, answered by this stand-in."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}/actions/T0LOCAL/{uuid.uuid4().hex[:12]}"
+
     def messages(self, method: str = "chat.postMessage") -> list[dict[str, Any]]:
         with self._lock:
             return [c["payload"] for c in self.calls if c["method"] == method]
@@ -75,6 +87,11 @@ class SlackStandIn:
                 "user_id": "U0OPSBOT",
                 "bot_id": "B0OPSBOT",
             }
+        if method == "usergroups.users.list":
+            group = payload.get("usergroup", "")
+            if group not in self.user_groups:
+                return {"ok": False, "error": "no_such_subteam"}
+            return {"ok": True, "users": self.user_groups[group]}
         if method in ("chat.postMessage", "chat.update"):
             message = {
                 "type": "message",
@@ -92,8 +109,20 @@ class SlackStandIn:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                method = self.path.rsplit("/", 1)[-1]
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                if self.path.startswith("/actions/"):  # a response_url: no token, the URL is the secret
+                    payload = json.loads(body or "{}")
+                    with standin._lock:
+                        standin.calls.append({"method": "response_url", "url": self.path, "payload": payload})
+                    if standin.echo:
+                        standin.echo(render({"channel": "(response_url)", **payload}))
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                    return
+                method = self.path.rsplit("/", 1)[-1]
                 if self.headers.get("Content-Type", "").startswith("application/json"):
                     payload = json.loads(body or "{}")
                 else:

@@ -1,0 +1,68 @@
+"""Kill-switch policies (``rules/kill_switches.yaml``): a CloudWatch alarm entering ALARM flips the
+policy's targets; returning to OK restores them when the policy says so."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from automations.kill_switches import Actor, Result, Switchboard, Target
+from automations.rulebook import LoadedDocument, Problem, load_document, validate_document
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    alarm: str
+    targets: tuple[str, ...]
+    restore_on_ok: bool = False
+    account: str | None = None
+    region: str | None = None
+
+
+def _checks(doc: LoadedDocument) -> list[Problem]:
+    seen: set[str] = set()
+    problems = []
+    for i, p in enumerate(doc.data["policies"]):
+        if p["name"] in seen:
+            problems.append(doc.problem(("policies", i, "name"), f"duplicate policy name {p['name']!r}"))
+        seen.add(p["name"])
+    return problems
+
+
+def load_policies(path: str | Path, text: str | None = None) -> tuple[Policy, ...]:
+    doc = load_document(path, text)
+    validate_document(doc, "kill_switches.schema.json", [_checks])
+    return tuple(
+        Policy(
+            name=p["name"],
+            alarm=p["alarm"],
+            targets=tuple(p["targets"]),
+            restore_on_ok=p.get("restore_on_ok", False),
+            account=p.get("account"),
+            region=p.get("region"),
+        )
+        for p in doc.data["policies"]
+    )
+
+
+def on_alarm_event(event: Mapping[str, Any], policies: tuple[Policy, ...], board: Switchboard) -> list[Result]:
+    """Act on one "CloudWatch Alarm State Change" event; returns what was done (empty: no policy)."""
+    detail = event.get("detail") or {}
+    alarm = detail.get("alarmName")
+    state = (detail.get("state") or {}).get("value")
+    previous = (detail.get("previousState") or {}).get("value")
+    results: list[Result] = []
+    for policy in (p for p in policies if p.alarm == alarm):
+        account = policy.account or str(event.get("account", ""))
+        region = policy.region or str(event.get("region", ""))
+        actor = Actor("policy", policy.name, f"{policy.name} ({alarm} {previous}->{state})")
+        for spec in policy.targets:
+            target = Target.parse(spec, account, region)
+            if state == "ALARM":
+                results.append(board.flip(target, actor, alarm=alarm, event_id=event.get("id")))
+            elif state == "OK" and policy.restore_on_ok:
+                results.append(board.restore(target, actor, alarm=alarm, event_id=event.get("id")))
+    return results
