@@ -172,6 +172,7 @@ def test_rate_quotas_scale_a_per_minute_sum_to_their_period():
     assert _scale({}, "Sum") == 1
 
 
+@pytest.mark.filterwarnings("ignore:Exception\\(CloudWatchException\\) with code Throttling:UserWarning")
 def test_get_metric_data_throttled_then_retried(shimmed, fleet, broker, ledger, book, inbox, monkeypatch):
     """CloudWatch throttles the first GetMetricData: botocore's standard retry mode tries again."""
     original = CloudWatchBackend.get_metric_data
@@ -198,6 +199,7 @@ def test_get_metric_data_throttled_then_retried(shimmed, fleet, broker, ledger, 
     assert alert["severity"] == "critical"
 
 
+@pytest.mark.filterwarnings("ignore:Exception\\(CloudWatchException\\) with code Throttling:UserWarning")
 def test_get_metric_data_throttled_past_retries_alerts_once(
     shimmed, fleet, hub_session, ledger, book, inbox, monkeypatch
 ):

@@ -156,6 +156,36 @@ EXPECTED_ACTIONS = {
         "secretsmanager:GetSecretValue",
         "ssm:GetParameter",
     },
+    "handlers.slack_actions.handler": {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:Query",
+        "sqs:SendMessage",
+        "secretsmanager:GetSecretValue",
+        "ssm:GetParameter",
+    },
+    "handlers.kill_switch_worker.handler": {
+        "sts:AssumeRole",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+        "ssm:GetParameter",
+    },
+    "handlers.alarm_policies.handler": {
+        "sts:AssumeRole",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+        "ssm:GetParameter",
+        "sns:Publish",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+        "secretsmanager:GetSecretValue",
+    },
     "handlers.scheduled_task.close": {
         "dynamodb:GetItem",
         "dynamodb:Query",
@@ -208,11 +238,23 @@ def test_ledger_and_idempotency_grants_point_at_their_tables(hub: dict[str, Any]
                 if "IdempotencyTable" in targets:
                     assert actions == idempotency_actions, lid
         uses_idempotency = any("IdempotencyTable" in json.dumps(s["Resource"]) for s in function_statements(function))
-        assert uses_idempotency == (handler != "handlers.scheduled_task.close"), lid
+        assert uses_idempotency == (handler in IDEMPOTENT), lid
 
 
 # The functions that act in member accounts; no other may assume the member role.
-MEMBER_ACTING = ("handlers.scheduled_task.unit", "handlers.sg_events.handler")
+MEMBER_ACTING = (
+    "handlers.scheduled_task.unit",
+    "handlers.sg_events.handler",
+    "handlers.kill_switch_worker.handler",
+    "handlers.alarm_policies.handler",
+)
+# The functions whose events may arrive twice (EventBridge); the others are idempotent by design.
+IDEMPOTENT = (
+    "handlers.scheduled_task.plan",
+    "handlers.scheduled_task.unit",
+    "handlers.sg_events.handler",
+    "handlers.alarm_policies.handler",
+)
 
 
 def test_only_member_acting_functions_assume_member_roles(hub: dict[str, Any]) -> None:
@@ -457,3 +499,31 @@ def test_outputs(hub: dict[str, Any], member: dict[str, Any]) -> None:
     )
     assert hub["Outputs"]["HubRoleArns"]["Value"] == {"Fn::GetAtt": ["UnitFunctionRole", "Arn"]}
     assert "RoleArn" in member["Outputs"]
+
+
+def test_member_role_grants_what_the_kill_switches_call(member: dict[str, Any]) -> None:
+    statements = [s for p in member_role(member)["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    granted = {a for s in statements for a in as_list(s["Action"])}
+    code = (ROOT / "automations" / "kill_switches.py").read_text(encoding="utf-8")
+    calls = set(re.findall(r"client\.(\w+)\(", code))
+    assert {"put_function_concurrency", "delete_function_concurrency", "disable_rule", "enable_rule"} <= calls
+    needed = {
+        f"{'events' if call.endswith('_rule') else 'lambda'}:{''.join(w.title() for w in call.split('_'))}"
+        for call in calls
+    }
+    assert needed <= granted, sorted(needed - granted)
+
+
+def test_member_forwards_alarm_state_changes_the_hub_handles(hub: dict[str, Any], member: dict[str, Any]) -> None:
+    (lid, function) = functions_by_handler(hub)["handlers.alarm_policies.handler"]
+    (event,) = function["Properties"]["Events"].values()
+    forward = member["Resources"]["ForwardAlarmStateChanges"]["Properties"]
+    assert forward["EventPattern"] == event["Properties"]["Pattern"], lid
+
+
+def test_slack_endpoint_is_an_api_post_with_its_url_as_output(hub: dict[str, Any]) -> None:
+    (lid, function) = functions_by_handler(hub)["handlers.slack_actions.handler"]
+    (event,) = function["Properties"]["Events"].values()
+    assert event == {"Type": "Api", "Properties": {"Path": "/slack/actions", "Method": "post"}}, lid
+    assert "/slack/actions" in hub["Outputs"]["SlackInteractivityUrl"]["Value"]["Fn::Sub"]
+    assert function["Properties"]["Timeout"] <= 10

@@ -19,9 +19,13 @@ What moto (5.2) lacks, and what this adds to it:
      account and region. Shapes: Service Quotas API reference (ServiceQuota, MetricInfo,
      RequestedServiceQuotaChange). ``OPSBOT_LOCAL_QUOTA_CATALOG`` names another catalog file (the
      benchmark's 1,000 quotas).
-  3. IAM enforcement: moto names an action after the request's SigV4 signing name, and CloudWatch
-     signs as "monitoring", so moto checks "monitoring:GetMetricData" where AWS checks
-     "cloudwatch:GetMetricData". The shim maps the prefix back, so the member role's real grant works.
+  3. IAM enforcement (`opsbot local seed` switches it on; tests use enable_iam_authentication):
+     a. moto names an action after the request's SigV4 signing name, and CloudWatch signs as
+        "monitoring", so moto checks "monitoring:GetMetricData" where AWS checks
+        "cloudwatch:GetMetricData". The shim maps the prefix back, so the member role's real grant works.
+     b. moto verifies the signature of a body-less GET over its parsed request data instead of the
+        empty payload that was signed, so every Lambda read (ListFunctions, GetFunctionConcurrency,
+        GetAccountSettings) fails SignatureDoesNotMatch. The shim verifies it over the empty payload.
 
 CloudWatch metrics that AWS publishes itself (AWS/Lambda, AWS/Usage) are put locally with
 PutMetricData (opsbot/local/seed.py); moto accepts those namespaces, AWS would not.
@@ -221,6 +225,11 @@ def _patched_iam_init(original: Any) -> Any:
         prefix, _, action = self._action.partition(":")
         if prefix in _SIGNING_NAME_TO_IAM_PREFIX:
             self._action = f"{_SIGNING_NAME_TO_IAM_PREFIX[prefix]}:{action}"
+        # A body-less GET (lambda:ListFunctions, GetAccountSettings, GetFunctionConcurrency) was signed
+        # over an empty payload, but moto re-signs it over its parsed request data (the headers, when
+        # there is no query string), so every such call fails SignatureDoesNotMatch under enforcement.
+        if self._method in ("GET", "HEAD", "DELETE") and not self._body:
+            self._data = b""
 
     init.opsbot_original = original  # type: ignore[attr-defined]
     return init
