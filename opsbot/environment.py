@@ -20,7 +20,8 @@ def local_environment(state: Mapping[str, object]) -> dict[str, str]:
         "AWS_DEFAULT_REGION": LOCAL_REGION,
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",
-        "POWERTOOLS_LOG_LEVEL": "WARNING",  # handlers run in this process: keep their JSON logs quiet
+        "POWERTOOLS_LOG_LEVEL": "ERROR",  # handlers run in this process: keep their JSON logs quiet
+        "POWERTOOLS_SERVICE_NAME": "opsbot",
     }
     keys = state.get("operator_keys") or server.BOOTSTRAP_CREDENTIALS
     env.update({k: str(v) for k, v in dict(keys).items()})  # type: ignore[call-overload]

@@ -9,7 +9,8 @@ from freezegun import freeze_time
 
 from automations.breach_alerts import OPEN, RESOLVED, AlertBook, Level, Measurement, alert_message
 from automations.breach_rules import Thresholds
-from tests.breach_support import book  # noqa: F401 - fixture
+
+pytest_plugins = ["tests.breach_support"]  # fixtures: shimmed, inbox, book
 
 ACCOUNT, REGION = "210987654321", "us-east-1"
 KEY = "servicequotas/ec2/L-1216C47A"

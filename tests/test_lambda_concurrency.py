@@ -12,18 +12,17 @@ from automations.breach_alerts import OPEN, RESOLVED, AlertBook
 from automations.breach_checks import plan_check, run_checks_now
 from automations.lambda_concurrency import ACCOUNT_KEY, function_key
 from automations.runs import Trigger
-from tests.breach_support import (  # noqa: F401 - fixtures
+from tests.breach_support import (
     Inbox,
-    book,
     create_function,
-    inbox,
     lambda_usage,
     minutes_ago,
     put_metric,
     rules,
-    shimmed,
 )
 from tests.conftest import ACCOUNT_A
+
+pytest_plugins = ["tests.breach_support"]  # fixtures: shimmed, inbox, book
 
 REGION = "us-east-1"
 

@@ -196,6 +196,37 @@ EXPECTED_ACTIONS = {
         "secretsmanager:GetSecretValue",
         "ssm:GetParameter",
     },
+    # Breach checks (tests/test_breach_template.py checks their wiring).
+    "handlers.check_quotas.plan": {
+        "dynamodb:PutItem",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "ssm:GetParameter",
+    },
+    "handlers.check_quotas.unit": {
+        "sts:AssumeRole",
+        "dynamodb:Query",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:BatchWriteItem",
+        "sns:Publish",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+        "secretsmanager:GetSecretValue",
+        "ssm:GetParameter",
+    },
+    "handlers.check_quotas.close": {
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+        "dynamodb:UpdateItem",
+        "dynamodb:PutItem",
+        "sns:Publish",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+        "secretsmanager:GetSecretValue",
+        "ssm:GetParameter",
+    },
 }
 
 
@@ -244,6 +275,7 @@ def test_ledger_and_idempotency_grants_point_at_their_tables(hub: dict[str, Any]
 # The functions that act in member accounts; no other may assume the member role.
 MEMBER_ACTING = (
     "handlers.scheduled_task.unit",
+    "handlers.check_quotas.unit",
     "handlers.sg_events.handler",
     "handlers.kill_switch_worker.handler",
     "handlers.alarm_policies.handler",
@@ -254,6 +286,7 @@ IDEMPOTENT = (
     "handlers.scheduled_task.unit",
     "handlers.sg_events.handler",
     "handlers.alarm_policies.handler",
+    "handlers.check_quotas.plan",
 )
 
 

@@ -19,6 +19,7 @@ from automations.runtime import Settings, build_notifier, build_runtime
 from opsbot.cli import runs_table
 from opsbot.environment import apply_local_environment, session
 from opsbot.local import server
+from opsbot.local.demo_killswitch import killswitch_chapter
 from opsbot.local.demo_security import security_chapter
 from opsbot.local.lifecycle import seed_into
 from opsbot.local.slack_standin import SlackStandIn
@@ -93,6 +94,7 @@ def demo(port: int = 0) -> int:
             )
             print("unknown task names in tags:", first.get("unknown_tasks"))
             security_chapter(state, rt, notifier, _say)
+            killswitch_chapter(state, rt, notifier, slack, _say)
             print(f"\nSlack messages posted: {len(slack.messages())}")
     finally:
         server.stop(moto.pid)

@@ -23,11 +23,12 @@ class EventRoute:
     handler: str  # module.function
     event: str
     pattern: dict[str, Any]
+    rule_name: str | None = None  # the event's RuleName in the template, if it sets one
 
     @property
     def local_name(self) -> str:
-        """The rule's (and its queue's) name in the local AWS."""
-        return f"opsbot-local-{self.function}-{self.event}"[:64]
+        """The rule's (and its queue's) name in the local AWS: the deployed name where the template sets one."""
+        return self.rule_name or f"opsbot-local-{self.function}-{self.event}"[:64]
 
 
 def routes(template_path: Path = PROJECT_ROOT / "template.yaml") -> list[EventRoute]:
@@ -36,7 +37,8 @@ def routes(template_path: Path = PROJECT_ROOT / "template.yaml") -> list[EventRo
     for lid, fn in resources_of_type(load_template(template_path), "AWS::Serverless::Function").items():
         for name, event in (fn["Properties"].get("Events") or {}).items():
             if event["Type"] == "EventBridgeRule":
-                out.append(EventRoute(lid, fn["Properties"]["Handler"], name, event["Properties"]["Pattern"]))
+                props = event["Properties"]
+                out.append(EventRoute(lid, fn["Properties"]["Handler"], name, props["Pattern"], props.get("RuleName")))
     return out
 
 
@@ -94,6 +96,113 @@ class EventRouter:
                     out.append((route, invoke(route.handler, json.loads(message["Body"]))))
                     sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
         return out
+
+
+@dataclass(frozen=True)
+class QueueRoute:
+    function: str
+    handler: str
+    queue: str  # the queue's logical id in template.yaml
+
+    @property
+    def local_name(self) -> str:
+        return f"opsbot-local-{self.queue}"[:80]
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    function: str
+    handler: str
+    path: str
+    method: str
+
+
+def queue_routes(template_path: Path = PROJECT_ROOT / "template.yaml") -> list[QueueRoute]:
+    out = []
+    for lid, fn in resources_of_type(load_template(template_path), "AWS::Serverless::Function").items():
+        for event in (fn["Properties"].get("Events") or {}).values():
+            if event["Type"] == "SQS":
+                queue = event["Properties"]["Queue"]["Fn::GetAtt"][0]
+                out.append(QueueRoute(lid, fn["Properties"]["Handler"], queue))
+    return out
+
+
+def api_routes(template_path: Path = PROJECT_ROOT / "template.yaml") -> list[ApiRoute]:
+    out = []
+    for lid, fn in resources_of_type(load_template(template_path), "AWS::Serverless::Function").items():
+        for event in (fn["Properties"].get("Events") or {}).values():
+            if event["Type"] == "Api":
+                props = event["Properties"]
+                out.append(ApiRoute(lid, fn["Properties"]["Handler"], props["Path"], props["Method"].upper()))
+    return out
+
+
+def _record(name: str) -> dict[str, Any]:
+    payload: dict[str, Any] = json.loads((Path(__file__).with_name("records") / name).read_text())["payload"]
+    return payload
+
+
+def api_request(path: str, method: str, headers: dict[str, str], body: str) -> Any:
+    """What API Gateway would do with a request: the proxy event to the function the template routes it to."""
+    route = next((r for r in api_routes() if r.path == path and r.method == method.upper()), None)
+    if route is None:
+        return {"statusCode": 404, "body": f"no Api event for {method} {path} in template.yaml"}
+    event = _record("api_gateway_proxy_event.json")
+    event.update(httpMethod=method.upper(), path=path, resource=path, headers=headers, body=body)
+    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+    event["queryStringParameters"] = event["multiValueQueryStringParameters"] = None
+    event["requestContext"].update(httpMethod=method.upper(), path=path, resourcePath=path)
+    return call_handler(route.handler, event)
+
+
+def install_schedules(hub: boto3.Session, template_path: Path = PROJECT_ROOT / "template.yaml") -> list[str]:
+    """The template's named schedule rules (no targets: `opsbot run` runs tasks locally), so that
+    `opsbot pause` / `resume` have opsbot's real rules to act on."""
+    events = hub.client("events")
+    names = []
+    for rule in resources_of_type(load_template(template_path), "AWS::Events::Rule").values():
+        props = rule["Properties"]
+        if isinstance(props.get("Name"), str) and props.get("ScheduleExpression"):
+            events.put_rule(Name=props["Name"], ScheduleExpression=props["ScheduleExpression"], State=props["State"])
+            names.append(props["Name"])
+    return names
+
+
+def create_queues(hub: boto3.Session) -> dict[str, str]:
+    """The template's SQS-triggered functions' queues (logical id -> local queue url)."""
+    sqs = hub.client("sqs")
+    return {r.queue: sqs.create_queue(QueueName=r.local_name)["QueueUrl"] for r in queue_routes()}
+
+
+def deliver_queues(hub: boto3.Session, queues: dict[str, str]) -> list[tuple[QueueRoute, Any]]:
+    """What Lambda's SQS event source mapping does: batches of messages to the function."""
+    sqs = hub.client("sqs")
+    out = []
+    for route in queue_routes():
+        url = queues.get(route.queue)
+        if not url:
+            continue
+        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            event = _record("sqs_event.json")
+            shape = event["Records"][0]
+            event["Records"] = [
+                {
+                    **shape,
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "md5OfBody": m["MD5OfBody"],
+                    "messageAttributes": {},
+                }
+                for m in messages
+            ]
+            result = call_handler(route.handler, event)
+            out.append((route, result))
+            failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
+            for m in messages:
+                if m["MessageId"] not in failed:  # a failed record stays for a retry, as on AWS
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return out
 
 
 @dataclass

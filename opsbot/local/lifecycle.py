@@ -71,10 +71,14 @@ def seed_into(endpoint: str, slack_api_url: str, slack_token: str) -> dict[str, 
     return {
         "operator_keys": report.operator_keys,
         "hub_env": hub.hub_environment(
-            resources, OPSBOT_SLACK_API_URL=slack_api_url, OPSBOT_SLACK_CHANNEL=SLACK_CHANNEL
+            resources,
+            OPSBOT_SLACK_API_URL=slack_api_url,
+            OPSBOT_SLACK_CHANNEL=SLACK_CHANNEL,
+            **report.killswitch["killswitch_env"],
         ),
         "seed_lines": report.lines,
         **{k: v for k, v in report.security.items() if k != "line"},
+        **{k: v for k, v in report.killswitch.items() if k not in ("line", "killswitch_env")},
     }
 
 

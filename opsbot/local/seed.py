@@ -21,6 +21,7 @@ import boto3
 from automations.fleet import Fleet
 from automations.schedules import slot_label
 from opsbot.cfn import PROJECT_ROOT, load_template
+from opsbot.local.seed_killswitch import seed_killswitch
 from opsbot.local.seed_security import seed_security
 
 DENIED_ACCOUNT_NAME = "legacy-sandbox"
@@ -35,6 +36,7 @@ class SeedReport:
     images: int = 0
     operator_keys: dict[str, str] = field(default_factory=dict)
     security: dict[str, Any] = field(default_factory=dict)
+    killswitch: dict[str, Any] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
 
@@ -114,6 +116,11 @@ def create_operator(session: boto3.Session, fleet: Fleet, allowed_accounts: list
                         "sns:Publish",
                         "secretsmanager:GetSecretValue",
                         "ssm:GetParameter",
+                        "sqs:SendMessage",
+                        "events:ListRules",
+                        "events:DescribeRule",
+                        "events:DisableRule",
+                        "events:EnableRule",
                     ],
                     "Resource": "*",
                 },
@@ -242,6 +249,9 @@ def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") 
             seed_region(member, account.name, region, task, report)
     report.security = seed_security(base, members, {a.id: a.regions for a in fleet.accounts})
     report.lines.append(report.security["line"])
+    first = fleet.accounts[0].id
+    report.killswitch = seed_killswitch(base, members[first], first)
+    report.lines.append(report.killswitch["line"])
     report.operator_keys = create_operator(base, fleet, allowed)
     report.lines.append(f"hub {hub_account}: operator {OPERATOR_USER} may assume the role in {len(allowed)} accounts")
     return report

@@ -1,0 +1,86 @@
+"""Step Functions steps for a breach check (Lambda concurrency, service quotas): plan -> unit -> close.
+
+EventBridge Scheduler starts BreachCheckStateMachine with ``{"check": ..., "id": <execution id>,
+"time": <scheduled time>}``. A retried or duplicated invocation of one scheduled time gets the same
+plan back (Powertools Idempotency on check + scheduled time). Units and close need no idempotency
+store: every alert change is a conditional write, so a repeated unit finds nothing new to say.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from automations.breach_alerts import AlertBook
+from automations.breach_checks import CheckUnit, close_check, plan_check, run_check_unit
+from automations.breach_rules import BreachRules, load_breach_rules
+from automations.deadline import Deadline
+from automations.runs import Trigger
+from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
+
+# Stop before starting when 20 s are left: enough to record the unit (and its failure alert).
+TIMEOUT_MARGIN_MS = 20_000
+
+
+@cache
+def rules() -> BreachRules:
+    return load_breach_rules(runtime().settings.rules_dir / "quotas.yaml")
+
+
+def book() -> AlertBook:
+    rt = runtime()
+    return AlertBook(rt.ledger.table, rt.settings.ledger_ttl_days)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@idempotent(config=IdempotencyConfig(event_key_jmespath="[check, time]"), persistence_store=idempotency_store())
+def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    rt = runtime()
+    trigger = Trigger(type="schedule", event_id=event.get("id"), event_time=event.get("time"))
+    when = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+    result = plan_check(rt.ledger, rt.fleet, rules(), event["check"], trigger, when).as_dict()
+    logger.info("planned check", extra={"run_id": result["run_id"], "units": len(result["units"])})
+    return result
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    rt = runtime()
+    summary = run_check_unit(
+        CheckUnit.from_dict(event),
+        rules=rules(),
+        fleet=rt.fleet,
+        broker=rt.broker,
+        ledger=rt.ledger,
+        book=book(),
+        notifier=notifier(),
+        deadline=Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS),
+    )
+    counts = summary["counts"]
+    metrics.add_dimension(name="Check", value=summary["check"])
+    for event_name in ("opened", "escalated", "reminder", "resolved"):
+        metrics.add_metric(
+            name=f"BreachAlerts{event_name.title()}", unit=MetricUnit.Count, value=counts.get(event_name, 0)
+        )
+    metrics.add_metric(name="BreachChecksFailed", unit=MetricUnit.Count, value=int(summary["status"] == "FAILED"))
+    metrics.add_metric(name="GetMetricDataCalls", unit=MetricUnit.Count, value=summary["metric_calls"])
+    return summary
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def close(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    rt = runtime()
+    reason = (event.get("error") or {}).get("Error")
+    run = close_check(
+        event["run_id"], rt.ledger, rules=rules(), fleet=rt.fleet, book=book(), notifier=notifier(), reason=reason
+    )
+    return {"run_id": run["run_id"], "status": run["status"], "counts": run.get("counts", {})}
