@@ -237,8 +237,9 @@ def test_tampered_alert_id_names_nothing(endpoint):
 
 
 def test_user_group_membership_counts_as_on_call(endpoint, monkeypatch, tmp_path):
-    from automations.slack_interactions import OnCall
     from slack_sdk import WebClient
+
+    from automations.slack_interactions import OnCall
 
     with SlackStandIn("xoxb-g", user_groups={"S0SREONCALL": ["U0GROUPED"]}) as slack:
         client = WebClient("xoxb-g", base_url=slack.base_url)
