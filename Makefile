@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-.PHONY: install demo test lint typecheck cfn validate pytest bench package clean
+.PHONY: install demo test lint typecheck cfn validate pytest bench bench-quotas package clean
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ test: lint typecheck cfn validate pytest
 bench: $(STAMP)
 	$(BIN)/python bench/snapshot_bench.py
 	$(BIN)/python bench/sg_bench.py
+	$(BIN)/python bench/quota_bench.py
+
+# 1,000 service quotas over 4 account-regions: GetMetricData calls per quota and wall seconds.
+bench-quotas: $(STAMP)
+	$(BIN)/python bench/quota_bench.py
 
 # The Lambda package: automations/, handlers/, rules/ and the runtime pins; not the CLI, tests or docs.
 # Then: sam build && sam deploy --guided

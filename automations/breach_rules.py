@@ -66,7 +66,7 @@ class LambdaConcurrencyRules:
 @dataclass(frozen=True)
 class ServiceQuotaRules:
     enabled: bool = True
-    services: tuple[str, ...] = ("ec2", "ebs", "vpc")
+    services: tuple[str, ...] = ("ec2", "vpc")
     lookback_minutes: int = 60
     statistic: str = "recommended"
 

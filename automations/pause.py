@@ -20,9 +20,7 @@ def own_rules(events: Any, prefix: str = RULE_PREFIX) -> list[str]:
 
 def pause(board: Switchboard, events: Any, account: str, region: str, actor: Actor) -> list[Result]:
     """Disable every opsbot rule; a rule already disabled is recorded as such and stays disabled on resume."""
-    return [
-        board.flip(Target("rule", name, account, region), actor, group=GROUP) for name in own_rules(events)
-    ]
+    return [board.flip(Target("rule", name, account, region), actor, group=GROUP) for name in own_rules(events)]
 
 
 def resume(board: Switchboard, actor: Actor) -> list[Result]:

@@ -69,10 +69,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rules_dir = Path(args.rules)
     problems: list[Problem] = []
     tasks: dict[str, Any] = {}
+    from automations.breach_rules import load_breach_rules
     from automations.sg_policy import load_policy
 
-    optional = {"security_groups.yaml"}
-    for loader, file in ((load_fleet, "fleet.yaml"), (load_tasks, "tasks.yaml"), (load_policy, "security_groups.yaml")):
+    optional = {"security_groups.yaml", "quotas.yaml"}
+    for loader, file in (
+        (load_fleet, "fleet.yaml"),
+        (load_tasks, "tasks.yaml"),
+        (load_policy, "security_groups.yaml"),
+        (load_breach_rules, "quotas.yaml"),
+    ):
         if file in optional and not (rules_dir / file).exists():
             continue
         try:
@@ -356,6 +362,22 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- breach flags ----------------------------------------------------------------------------
+def cmd_quotas(args: argparse.Namespace) -> int:
+    from opsbot import quotas_cli
+
+    rt = _runtime()
+    if args.action == "runs":
+        return quotas_cli.quotas_runs(rt, args.limit)
+    return quotas_cli.quotas_check(rt, _notifier(rt.settings), _caller(), args)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from opsbot import quotas_cli
+
+    return quotas_cli.alerts(_runtime(), args.alert_id)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from opsbot.local.demo import demo
 
@@ -398,6 +420,18 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=text)
         p.set_defaults(func=cmd_pause)
+
+    p = sub.add_parser("quotas", help="breach flags: `quotas check` (Lambda concurrency, service quotas) | runs")
+    p.add_argument("action", choices=["check", "runs"])
+    p.add_argument("--check", choices=["lambda-concurrency", "service-quotas"], help="only this check")
+    p.add_argument("--account", action="append", help="limit to this account (repeatable)")
+    p.add_argument("--region", action="append", help="limit to this region (repeatable)")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_quotas)
+
+    p = sub.add_parser("alerts", help="open breach alerts, or one by its id")
+    p.add_argument("alert_id", nargs="?")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("local", help="the local embedded AWS: up | seed | slack | down")
     p.add_argument("action", choices=["up", "seed", "slack", "down"])

@@ -10,8 +10,6 @@ from freezegun import freeze_time
 from automations.breach_alerts import OPEN, RESOLVED, AlertBook, Level, Measurement, alert_message
 from automations.breach_rules import Thresholds
 
-pytest_plugins = ["tests.breach_support"]  # fixtures: shimmed, inbox, book
-
 ACCOUNT, REGION = "210987654321", "us-east-1"
 KEY = "servicequotas/ec2/L-1216C47A"
 T = Thresholds(warn_percent=80, critical_percent=95, hysteresis_percent=5, reminder_hours=6)

@@ -22,8 +22,6 @@ from tests.breach_support import (
 )
 from tests.conftest import ACCOUNT_A
 
-pytest_plugins = ["tests.breach_support"]  # fixtures: shimmed, inbox, book
-
 REGION = "us-east-1"
 
 

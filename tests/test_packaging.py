@@ -43,3 +43,8 @@ def test_demo_runs_end_to_end_on_the_local_aws():
     assert "AccessDenied" in out and "== opsbot task snapshot-daily PARTIAL ==" in out
     assert "kept-ami" in out
     assert "snapshot-dialy" in out
+    # Breach flags: the 85% warning, the 96% critical quota, silence while steady, one resolve.
+    assert "== Warning: Lambda concurrency at 85.0% in payments-prod/us-east-1 ==" in out
+    assert "instances at 96.0% in analytics-prod/eu-west-1 ==" in out and "== Critical: Running On-Demand" in out
+    assert "Slack messages from these checks: 0" in out
+    assert "== Resolved: Lambda concurrency back to 30.0% in payments-prod/us-east-1 ==" in out

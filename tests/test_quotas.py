@@ -28,8 +28,6 @@ from opsbot.local.seed import _member_session, create_member_role, create_operat
 from tests.breach_support import Inbox, minutes_ago, put_metric, rules
 from tests.conftest import ACCOUNT_A, ACCOUNT_B, REGIONS
 
-pytest_plugins = ["tests.breach_support"]  # fixtures: shimmed, inbox, book
-
 STANDARD = "L-1216C47A"  # Running On-Demand Standard instances (vCPUs): AWS default 5
 X_FAMILY = "L-7295265B"  # Running On-Demand X instances: the local AWS lists no applied value for it
 

@@ -3,6 +3,7 @@
 1. start moto (its own process) and the Slack stand-in; seed the fleet; switch on IAM enforcement
 2. run snapshot-daily: snapshots, retention, an AMI-backed snapshot kept, a denied account -> Slack alert
 3. run the same slot again: nothing duplicated
+4. breach flags (demo_breaches.py): Lambda concurrency at 85%, a quota at 96%, a resolve once usage drops
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from automations.runtime import Settings, build_notifier, build_runtime
 from opsbot.cli import runs_table
 from opsbot.environment import apply_local_environment, session
 from opsbot.local import server
+from opsbot.local.demo_breaches import breach_chapter
 from opsbot.local.demo_killswitch import killswitch_chapter
 from opsbot.local.demo_security import security_chapter
 from opsbot.local.lifecycle import seed_into
@@ -93,6 +95,7 @@ def demo(port: int = 0) -> int:
                 )
             )
             print("unknown task names in tags:", first.get("unknown_tasks"))
+            breach_chapter(state, rt, notifier, slack, _say)
             security_chapter(state, rt, notifier, _say)
             killswitch_chapter(state, rt, notifier, slack, _say)
             print(f"\nSlack messages posted: {len(slack.messages())}")

@@ -79,6 +79,7 @@ def seed_into(endpoint: str, slack_api_url: str, slack_token: str) -> dict[str, 
         "seed_lines": report.lines,
         **{k: v for k, v in report.security.items() if k != "line"},
         **{k: v for k, v in report.killswitch.items() if k not in ("line", "killswitch_env")},
+        **{k: v for k, v in report.breaches.items() if k != "line"},
     }
 
 

@@ -21,6 +21,7 @@ import boto3
 from automations.fleet import Fleet
 from automations.schedules import slot_label
 from opsbot.cfn import PROJECT_ROOT, load_template
+from opsbot.local.seed_breaches import seed_breaches
 from opsbot.local.seed_killswitch import seed_killswitch
 from opsbot.local.seed_security import seed_security
 
@@ -37,6 +38,7 @@ class SeedReport:
     operator_keys: dict[str, str] = field(default_factory=dict)
     security: dict[str, Any] = field(default_factory=dict)
     killswitch: dict[str, Any] = field(default_factory=dict)
+    breaches: dict[str, Any] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
 
@@ -252,6 +254,8 @@ def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") 
     first = fleet.accounts[0].id
     report.killswitch = seed_killswitch(base, members[first], first)
     report.lines.append(report.killswitch["line"])
+    report.breaches = seed_breaches(members, fleet)
+    report.lines.append(report.breaches["line"])
     report.operator_keys = create_operator(base, fleet, allowed)
     report.lines.append(f"hub {hub_account}: operator {OPERATOR_USER} may assume the role in {len(allowed)} accounts")
     return report
