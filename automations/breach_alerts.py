@@ -25,6 +25,7 @@ kill switch acts only on the target named by the stored, still-open alert it was
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +42,7 @@ from automations.breach_rules import Thresholds
 from automations.ledger import RUNS_INDEX, iso, plain, utcnow
 from automations.notify import Alert
 
+KILL_SWITCH_ACTION = "killswitch_flip"  # automations.slack_interactions.FLIP handles it
 OPEN = "OPEN"
 RESOLVED = "RESOLVED"
 ALERTS_INDEX_KEY = "ALERT"  # gsi1pk of alert items in the by-time index
@@ -424,6 +426,12 @@ def alert_message(t: Transition) -> Alert:
     if s.get("link"):
         details.append(f"<{s['link']}|Service Quotas console>")
     runbook = RUNBOOKS.get(s["check"].removesuffix("-access"), "docs/runbooks/quota-breach.md")
+    # A function's concurrency alert carries its kill switch; the button names the alert, not the function.
+    buttons: list[tuple[str, str, str, str | None]] = (
+        [("Kill switch", KILL_SWITCH_ACTION, json.dumps({"alert_id": s["alert_id"]}), "danger")]
+        if target.get("function_name") and t.event != "resolved" and not failure
+        else []
+    )
     return Alert(
         kind="breach-check-failed"
         if failure
@@ -434,6 +442,7 @@ def alert_message(t: Transition) -> Alert:
         fields=fields,
         details=details,
         context=f"alert `{s['alert_id']}` · `opsbot alerts` · runbook: {runbook}",
+        buttons=buttons,
         data={
             "event": t.event,
             "alert_id": s["alert_id"],

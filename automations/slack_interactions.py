@@ -23,11 +23,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ContextBlock, MarkdownTextObject
 from slack_sdk.signature import Clock, SignatureVerifier
 
+from automations.breach_alerts import KILL_SWITCH_ACTION
 from automations.kill_switches import Actor, Result, Switchboard, Target
 from automations.rulebook import load_document, validate_document
 
 MAX_AGE_SECONDS = 300
-FLIP, RESTORE = "killswitch_flip", "killswitch_restore"
+FLIP, RESTORE = KILL_SWITCH_ACTION, "killswitch_restore"
 
 
 class Rejected(Exception):

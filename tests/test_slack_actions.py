@@ -14,6 +14,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from automations.breach_alerts import AlertBook, Measurement
 from automations.breach_rules import Thresholds
+from automations.lambda_concurrency import function_key
 from automations.notify import Alert
 from automations.slack_interactions import FLIP, RESTORE, Rejected, verify
 from opsbot.local.slack_standin import SlackStandIn
@@ -60,7 +61,7 @@ def endpoint(hub_session, broker, ledger, tmp_path, monkeypatch) -> Any:
         REGION,
         Measurement(
             check="lambda-concurrency",
-            key="function:orders-consumer",
+            key=function_key("orders-consumer"),
             name="Lambda function orders-consumer concurrency",
             service="lambda",
             usage=9,
@@ -245,3 +246,26 @@ def test_user_group_membership_counts_as_on_call(endpoint, monkeypatch, tmp_path
         client = WebClient("xoxb-g", base_url=slack.base_url)
         oncall = OnCall(frozenset(), ("S0SREONCALL", "S0MISSING"))
         assert oncall.allows("U0GROUPED", client) and not oncall.allows(STRANGER, client)
+
+
+def test_function_concurrency_alert_carries_the_kill_switch_button(ledger):
+    from automations.breach_alerts import alert_message
+
+    book = AlertBook(ledger.table)
+    function = Measurement(
+        check="lambda-concurrency",
+        key=function_key("orders-consumer"),
+        name="Lambda function orders-consumer concurrency",
+        service="lambda",
+        usage=9,
+        limit=10,
+        target={"function_name": "orders-consumer", "account": ACCOUNT_A, "region": REGION},
+    )
+    opened = book.observe(ACCOUNT_A, REGION, function, Thresholds(), None)
+    (button,) = [b for b in alert_message(opened).as_blocks() if b.type == "actions"][0].elements
+    assert button.action_id == FLIP and json.loads(button.value) == {"alert_id": opened.state["alert_id"]}
+    quota = Measurement(
+        check="service-quotas", key="ec2/L-1216C47A", name="Running instances", service="ec2", usage=95, limit=100
+    )
+    opened = book.observe(ACCOUNT_A, REGION, quota, Thresholds(), None)
+    assert not [b for b in alert_message(opened).as_blocks() if b.type == "actions"]

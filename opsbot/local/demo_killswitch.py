@@ -19,6 +19,7 @@ from automations import pause as pausing
 from automations.breach_alerts import AlertBook, Measurement, alert_message
 from automations.breach_rules import Thresholds
 from automations.kill_switches import Actor, Switchboard, describe
+from automations.lambda_concurrency import function_key
 from automations.notify import Notifier
 from automations.runtime import Runtime
 from automations.slack_interactions import FLIP, RESTORE
@@ -75,7 +76,7 @@ def killswitch_chapter(
         region,
         Measurement(
             check="lambda-concurrency",
-            key="function:orders-consumer",
+            key=function_key("orders-consumer"),
             name="Lambda function orders-consumer concurrency",
             service="lambda",
             usage=23,
