@@ -262,7 +262,7 @@ def test_function_concurrency_alert_carries_the_kill_switch_button(ledger):
         target={"function_name": "orders-consumer", "account": ACCOUNT_A, "region": REGION},
     )
     opened = book.observe(ACCOUNT_A, REGION, function, Thresholds(), None)
-    (button,) = [b for b in alert_message(opened).as_blocks() if b.type == "actions"][0].elements
+    (button,) = next(b for b in alert_message(opened).as_blocks() if b.type == "actions").elements
     assert button.action_id == FLIP and json.loads(button.value) == {"alert_id": opened.state["alert_id"]}
     quota = Measurement(
         check="service-quotas", key="ec2/L-1216C47A", name="Running instances", service="ec2", usage=95, limit=100
