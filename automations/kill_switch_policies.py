@@ -55,14 +55,20 @@ def on_alarm_event(event: Mapping[str, Any], policies: tuple[Policy, ...], board
     state = (detail.get("state") or {}).get("value")
     previous = (detail.get("previousState") or {}).get("value")
     results: list[Result] = []
+    event_account, event_region = str(event.get("account", "")), str(event.get("region", ""))
     for policy in (p for p in policies if p.alarm == alarm):
-        account = policy.account or str(event.get("account", ""))
-        region = policy.region or str(event.get("region", ""))
+        # Alarm names repeat across accounts (StackSets): a pinned policy answers only its own alarm.
+        if (policy.account and policy.account != event_account) or (policy.region and policy.region != event_region):
+            continue
+        account, region = policy.account or event_account, policy.region or event_region
         actor = Actor("policy", policy.name, f"{policy.name} ({alarm} {previous}->{state})")
         for spec in policy.targets:
             target = Target.parse(spec, account, region)
             if state == "ALARM":
                 results.append(board.flip(target, actor, alarm=alarm, event_id=event.get("id")))
             elif state == "OK" and policy.restore_on_ok:
-                results.append(board.restore(target, actor, alarm=alarm, event_id=event.get("id")))
+                # Only what this policy flipped: a switch on-call flipped by hand stays until they restore it.
+                flipped_by = (board.state(target) or {}).get("flipped_by") or {}
+                if flipped_by.get("type") == "policy" and flipped_by.get("id") == policy.name:
+                    results.append(board.restore(target, actor, alarm=alarm, event_id=event.get("id")))
     return results

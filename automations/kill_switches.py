@@ -61,8 +61,8 @@ class Target:
                 return cls("lambda", resource[1].split(":")[0], arn_account, arn_region)
             if service == "events" and resource[0].startswith("rule/"):
                 return cls("rule", resource[0].removeprefix("rule/"), arn_account, arn_region)
-            if service == "lambda" and resource[0].startswith("event-source-mapping"):
-                return cls("esm", resource[0].split(":")[-1], arn_account, arn_region)
+            if service == "lambda" and resource[0] == "event-source-mapping":
+                return cls("esm", resource[1], arn_account, arn_region)
             raise SwitchError(f"{text!r}: not a Lambda function, EventBridge rule or event source mapping ARN")
         kind, _, ident = text.partition(":")
         if kind not in KINDS or not ident:

@@ -155,7 +155,10 @@ def rules_from_event(ec2: Any, account: str, region: str, detail: Mapping[str, A
         entries = request.get("SecurityGroupRule") or request.get("SecurityGroupRules") or []
         entries = entries if isinstance(entries, list) else [entries]
         ids = [e["SecurityGroupRuleId"] for e in entries if e.get("SecurityGroupRuleId")]
-        return _describe_rules(ec2, account, region, SecurityGroupRuleIds=ids) if ids else []
+        if not ids:
+            return []
+        # A filter, not SecurityGroupRuleIds: a rule deleted meanwhile is simply absent (done), not an error.
+        return _describe_rules(ec2, account, region, Filters=[{"Name": "security-group-rule-id", "Values": ids}])
     rule_set = _items(response.get("securityGroupRuleSet"))
     if rule_set:
         return [SgRule.from_api(account, region, item) for item in rule_set]
@@ -167,15 +170,18 @@ def rules_from_event(ec2: Any, account: str, region: str, detail: Mapping[str, A
     return [r for r in current if r.is_egress == egress and any(_same(r, w) for w in wanted)]
 
 
+FILTER_VALUES_MAX = 200  # EC2 rejects more values in one filter (FilterLimitExceeded)
+
+
 def _group_tags(ec2: Any, group_ids: Iterable[str]) -> dict[str, dict[str, str]]:
-    """Tags of the groups, with one DescribeTags call (not a describe of the groups)."""
+    """Tags of the groups: DescribeTags (one call for an event's group), not a describe of the groups."""
     ids = sorted(set(group_ids))
     tags: dict[str, dict[str, str]] = {g: {} for g in ids}
-    if not ids:
-        return tags
-    for page in ec2.get_paginator("describe_tags").paginate(Filters=[{"Name": "resource-id", "Values": ids}]):
-        for t in page["Tags"]:
-            tags.setdefault(t["ResourceId"], {})[t["Key"]] = t["Value"]
+    for start in range(0, len(ids), FILTER_VALUES_MAX):
+        chunk = ids[start : start + FILTER_VALUES_MAX]
+        for page in ec2.get_paginator("describe_tags").paginate(Filters=[{"Name": "resource-id", "Values": chunk}]):
+            for t in page["Tags"]:
+                tags.setdefault(t["ResourceId"], {})[t["Key"]] = t["Value"]
     return tags
 
 
@@ -266,8 +272,17 @@ def remediate_event(
     if detail.get("errorCode"):
         result.ignored = f"the call failed ({detail['errorCode']}): nothing was changed"
         return result
+    member = broker.fleet.account(account)
+    if member is None or region not in member.regions:
+        # The hub bus admits the whole organization; opsbot acts only where the fleet says it may.
+        result.ignored = f"{account}/{region} is not in the fleet (rules/fleet.yaml)"
+        return result
     ec2 = broker.client(account, region, "ec2")
-    rules = rules_from_event(ec2, account, region, detail)
+    try:
+        rules = rules_from_event(ec2, account, region, detail)
+    except EventError as exc:  # e.g. the named group was deleted meanwhile: nothing left to revoke
+        result.ignored = str(exc)
+        return result
     result.checked = len(rules)
     result.outcomes = enforce(ec2, judge(ec2, policy, rules, clock().date()))
     return result

@@ -152,21 +152,23 @@ def _error(exc: ClientError) -> str:
 def expired(
     snapshots: list[ExistingSnapshot], keep_last: int | None, max_age_days: int | None, now: datetime
 ) -> list[ExistingSnapshot]:
-    """Snapshots past retention: beyond the newest ``keep_last`` or older than ``max_age_days``.
+    """Completed snapshots past retention: beyond the newest ``keep_last`` or older than ``max_age_days``.
 
-    The newest snapshot is always kept, whatever its age: retention never leaves a volume with none.
-    Pending snapshots are never deleted (they may be the one just taken).
+    Only completed snapshots count as backups: a pending one may still fail and an errored one restores
+    nothing, so neither is ranked (nor deleted). The newest completed snapshot is always kept, whatever
+    its age: retention never leaves a volume without a usable backup.
     """
     # StartTime has one-second resolution: the slot label breaks ties between snapshots of one second.
-    ordered = sorted(snapshots, key=lambda s: (s.start_time, s.slot or ""), reverse=True)
+    completed = sorted(
+        (s for s in snapshots if s.state == "completed"), key=lambda s: (s.start_time, s.slot or ""), reverse=True
+    )
     cutoff = now - timedelta(days=max_age_days) if max_age_days else None
-    out = []
-    for rank, snap in enumerate(ordered):
-        if rank == 0 or snap.state == "pending":
-            continue
-        if (keep_last is not None and rank >= keep_last) or (cutoff is not None and snap.start_time < cutoff):
-            out.append(snap)
-    return out
+    return [
+        snap
+        for rank, snap in enumerate(completed)
+        if rank > 0
+        and ((keep_last is not None and rank >= keep_last) or (cutoff is not None and snap.start_time < cutoff))
+    ]
 
 
 class _AmiSnapshots:
@@ -251,7 +253,8 @@ def snapshot_unit(ec2: Any, ctx: UnitContext) -> UnitOutcome:
         elif ctx.dry_run:
             counts["would_create"] += 1
             ctx.record(base(outcome="would-create", detail=detail))
-            snaps = [*snaps, ExistingSnapshot("(new)", ctx.now(), "pending", label)]
+            # As if it were taken and completed: what retention would then delete.
+            snaps = [*snaps, ExistingSnapshot("(new)", ctx.now(), "completed", label)]
         else:
             try:
                 snap = ec2.create_snapshot(

@@ -79,6 +79,23 @@ def test_policy_without_restore_on_ok_leaves_it_off_and_unrelated_alarms_do_noth
     assert on_alarm_event(alarm_event("ALARM", "OK", "some-other-alarm"), POLICIES, board) == []
 
 
+def test_pinned_policy_ignores_same_named_alarms_elsewhere_and_ok_spares_a_human_flip(ledger, broker, lam):
+    board = Switchboard(ledger.table, broker.client)
+    pinned = load_policies(
+        "k.yaml",
+        f"policies:\n  - {{name: p, alarm: orders-dlq-depth, account: '{ACCOUNT_A}', targets: [lambda:orders-consumer], restore_on_ok: true}}\n",
+    )
+    elsewhere = alarm_event("ALARM", "OK")
+    elsewhere["account"] = "999999999999"  # a sandbox's alarm of the same name (StackSets)
+    assert on_alarm_event(elsewhere, pinned, board) == []
+    human = Actor("slack", "U0ONCALL", "dana")
+    from automations.kill_switches import Target
+
+    board.flip(Target("lambda", "orders-consumer", ACCOUNT_A, REGION), human)
+    assert on_alarm_event(alarm_event("OK", "ALARM"), pinned, board) == []  # not the policy's flip
+    assert lam.get_function_concurrency(FunctionName="orders-consumer")["ReservedConcurrentExecutions"] == 0
+
+
 def test_bad_policy_file():
     with pytest.raises(RulebookError) as err:
         load_policies("rules/kill_switches.yaml", "policies:\n  - name: x\n    alarm: a\n    targets: [ec2:i-1]\n")

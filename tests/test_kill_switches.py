@@ -147,6 +147,10 @@ def test_target_parsing():
         "lambda", "orders", "210987654321", "eu-west-1"
     )
     assert Target.parse("rule:nightly", "210987654321", "us-east-1").kind == "rule"
+    esm = "arn:aws:lambda:us-east-1:210987654321:event-source-mapping:a1b2c3d4-5678-90ab-cdef-11111EXAMPLE"
+    assert Target.parse(esm, None, None) == Target(
+        "esm", "a1b2c3d4-5678-90ab-cdef-11111EXAMPLE", "210987654321", "us-east-1"
+    )
     with pytest.raises(SwitchError, match="--account"):
         Target.parse("lambda:orders", None, None)
     with pytest.raises(SwitchError, match="expected lambda:NAME"):

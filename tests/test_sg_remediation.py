@@ -188,6 +188,29 @@ def test_modify_security_group_rules(sg):
     assert sg.rules(group) == []
 
 
+def test_modify_event_for_a_rule_deleted_meanwhile_is_done_not_an_error(sg):
+    group = sg.group()
+    (rule,) = sg.ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
+    )["SecurityGroupRules"]
+    sg.ec2.revoke_security_group_ingress(GroupId=group, SecurityGroupRuleIds=[rule["SecurityGroupRuleId"]])
+    event = readdress(record("modify_sg_rules"), ACCOUNT_A, REGION, group)
+    event["detail"]["requestParameters"]["ModifySecurityGroupRulesRequest"]["SecurityGroupRule"][
+        "SecurityGroupRuleId"
+    ] = rule["SecurityGroupRuleId"]
+    result = sg.handle(event)
+    assert result["status"] == "SUCCEEDED" and result["counts"] == {"rules_checked": 0}
+    assert sg.slack.messages() == []
+
+
+def test_events_from_outside_the_fleet_are_ignored(sg):
+    event = readdress(record("authorize_sg_ingress_modern"), "999999999999", REGION, "sg-0123456789abcdef0")
+    result = sg.handle(event)
+    assert "not in the fleet" in result["ignored"]
+    assert "RevokeSecurityGroupIngress" not in sg.calls
+
+
 def test_failed_call_with_error_code_is_ignored(sg):
     group = sg.group()
     sg.ec2.authorize_security_group_ingress(

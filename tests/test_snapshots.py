@@ -173,9 +173,17 @@ def test_newest_is_kept_even_when_older_than_max_age():
     old = [ExistingSnapshot(f"snap-{d}", now - timedelta(days=d), "completed", None) for d in (10, 20, 30)]
     gone = expired(old, keep_last=None, max_age_days=2, now=now)
     assert [s.snapshot_id for s in gone] == ["snap-20", "snap-30"]
-    # Pending snapshots are never deleted, whatever their rank.
-    pending = [*old, ExistingSnapshot("snap-p", now - timedelta(days=40), "pending", None)]
-    assert "snap-p" not in [s.snapshot_id for s in expired(pending, keep_last=1, max_age_days=None, now=now)]
+
+
+def test_only_completed_snapshots_count_as_backups():
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    completed = ExistingSnapshot("snap-good", now - timedelta(days=1), "completed", None)
+    pending = ExistingSnapshot("snap-new", now, "pending", None)
+    failed = ExistingSnapshot("snap-err", now - timedelta(hours=1), "error", None)
+    # keep_last 1 with a new snapshot still pending: the last completed one stays until the new one completes.
+    assert expired([completed, pending, failed], keep_last=1, max_age_days=None, now=now) == []
+    older = ExistingSnapshot("snap-old", now - timedelta(days=2), "completed", None)
+    assert expired([completed, older, pending, failed], keep_last=1, max_age_days=None, now=now) == [older]
 
 
 def test_dry_run_changes_nothing(ledger, fleet, broker, member):
