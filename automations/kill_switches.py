@@ -26,7 +26,22 @@ from botocore.exceptions import ClientError
 
 from automations.ledger import RUNS_INDEX, iso, plain
 
-KINDS = {"lambda": "lambda", "rule": "events", "esm": "lambda"}  # kind -> the AWS service it needs
+# kind -> the AWS service it needs; "schedule" (EventBridge Scheduler, GROUP/NAME) is for pausing opsbot itself
+KINDS = {"lambda": "lambda", "rule": "events", "esm": "lambda", "schedule": "scheduler"}
+# What UpdateSchedule takes back from GetSchedule: it replaces the whole schedule, so send all of it.
+_SCHEDULE_FIELDS = (
+    "Name",
+    "GroupName",
+    "ScheduleExpression",
+    "FlexibleTimeWindow",
+    "Target",
+    "Description",
+    "StartDate",
+    "EndDate",
+    "ScheduleExpressionTimezone",
+    "KmsKeyArn",
+    "ActionAfterCompletion",
+)
 SWITCH_INDEX_KEY = "SWITCH"
 _SEQUENCE = itertools.count()
 
@@ -123,7 +138,19 @@ def _rule_args(target: Target) -> dict[str, str]:
     return {"Name": name, **({"EventBusName": bus} if bus else {})}
 
 
+def _schedule_args(target: Target) -> dict[str, str]:
+    group, _, name = target.id.rpartition("/")
+    return {"Name": name, "GroupName": group or "default"}
+
+
+def _set_schedule_state(client: Any, target: Target, state: str) -> None:
+    current = client.get_schedule(**_schedule_args(target))
+    client.update_schedule(**{k: current[k] for k in _SCHEDULE_FIELDS if current.get(k) is not None}, State=state)
+
+
 def read_state(client: Any, target: Target) -> dict[str, Any]:
+    if target.kind == "schedule":
+        return {"state": client.get_schedule(**_schedule_args(target))["State"]}
     if target.kind == "lambda":
         value = client.get_function_concurrency(FunctionName=target.id).get("ReservedConcurrentExecutions")
         return {"reserved_concurrency": value}
@@ -133,6 +160,9 @@ def read_state(client: Any, target: Target) -> dict[str, Any]:
 
 
 def stop(client: Any, target: Target) -> dict[str, Any]:
+    if target.kind == "schedule":
+        _set_schedule_state(client, target, "DISABLED")
+        return {"state": "DISABLED"}
     if target.kind == "lambda":
         client.put_function_concurrency(FunctionName=target.id, ReservedConcurrentExecutions=0)
         return {"reserved_concurrency": 0}
@@ -153,6 +183,10 @@ def put_back(client: Any, target: Target, previous: Mapping[str, Any]) -> dict[s
             client.put_function_concurrency(FunctionName=target.id, ReservedConcurrentExecutions=int(value))
         return {"reserved_concurrency": value}
     state = str(previous.get("state", ""))
+    if target.kind == "schedule":
+        if state == "ENABLED":
+            _set_schedule_state(client, target, "ENABLED")
+        return {"state": state}
     if target.kind == "rule":
         if state == "ENABLED":
             client.enable_rule(**_rule_args(target))

@@ -1,5 +1,5 @@
-"""Pause opsbot itself: disable its own EventBridge rules (schedules, event routes) in the hub, with
-their previous states recorded as kill switches, and resume exactly those states later."""
+"""Pause opsbot itself: disable its own EventBridge rules and Scheduler schedules in the hub, with their
+previous states recorded as kill switches, and resume exactly those states later."""
 
 from __future__ import annotations
 
@@ -18,9 +18,24 @@ def own_rules(events: Any, prefix: str = RULE_PREFIX) -> list[str]:
     return names
 
 
-def pause(board: Switchboard, events: Any, account: str, region: str, actor: Actor) -> list[Result]:
-    """Disable every opsbot rule; a rule already disabled is recorded as such and stays disabled on resume."""
-    return [board.flip(Target("rule", name, account, region), actor, group=GROUP) for name in own_rules(events)]
+def own_schedules(scheduler: Any, prefix: str = RULE_PREFIX) -> list[str]:
+    """EventBridge Scheduler schedules in opsbot's schedule groups, as GROUP/NAME."""
+    found: list[str] = []
+    for page in scheduler.get_paginator("list_schedule_groups").paginate(NamePrefix=prefix):
+        for group in page["ScheduleGroups"]:
+            for listing in scheduler.get_paginator("list_schedules").paginate(GroupName=group["Name"]):
+                found += [f"{group['Name']}/{s['Name']}" for s in listing["Schedules"]]
+    return found
+
+
+def pause(
+    board: Switchboard, events: Any, account: str, region: str, actor: Actor, scheduler: Any | None = None
+) -> list[Result]:
+    """Disable every opsbot rule and schedule; one already disabled is recorded so and stays so on resume."""
+    targets = [Target("rule", name, account, region) for name in own_rules(events)]
+    if scheduler is not None:
+        targets += [Target("schedule", name, account, region) for name in own_schedules(scheduler)]
+    return [board.flip(target, actor, group=GROUP) for target in targets]
 
 
 def resume(board: Switchboard, actor: Actor) -> list[Result]:

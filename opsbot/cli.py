@@ -337,7 +337,9 @@ def cmd_pause(args: argparse.Namespace) -> int:
         session = environment.session()
         account = session.client("sts").get_caller_identity()["Account"]
         region = session.region_name or "us-east-1"
-        results = pausing.pause(board, session.client("events"), account, region, _cli_actor())
+        results = pausing.pause(
+            board, session.client("events"), account, region, _cli_actor(), scheduler=session.client("scheduler")
+        )
     else:
         results = pausing.resume(board, _cli_actor())
     for r in results:

@@ -108,14 +108,29 @@ def test_pause_and_resume_restore_exactly_the_previous_rule_states(ledger, hub_s
     events.put_rule(Name="opsbot-task-sg-sweep", ScheduleExpression="rate(1 hour)", State="DISABLED")
     events.put_rule(Name="opsbot-sg-remediation", EventPattern=json.dumps({"source": ["aws.ec2"]}), State="ENABLED")
     events.put_rule(Name="someone-elses-rule", ScheduleExpression="rate(1 hour)", State="ENABLED")
+    scheduler = hub_session.client("scheduler")
+    scheduler.create_schedule_group(Name="opsbot-breach-checks")
+    scheduler.create_schedule(
+        Name="lambda-concurrency",
+        GroupName="opsbot-breach-checks",
+        ScheduleExpression="rate(5 minutes)",
+        FlexibleTimeWindow={"Mode": "OFF"},
+        Target={
+            "Arn": "arn:aws:states:us-east-1:123456789012:stateMachine:breach",
+            "RoleArn": "arn:aws:iam::123456789012:role/s",
+        },
+        State="ENABLED",
+    )
     board = Switchboard(ledger.table, lambda account, region, service: hub_session.client(service, region_name=region))
     ops = Actor("cli", "arn:aws:iam::123456789012:user/ops", "ops")
-    paused = pausing.pause(board, events, "123456789012", REGION, ops)
+    paused = pausing.pause(board, events, "123456789012", REGION, ops, scheduler=scheduler)
     assert sorted(r.target.id for r in paused) == [
+        "opsbot-breach-checks/lambda-concurrency",
         "opsbot-sg-remediation",
         "opsbot-task-sg-sweep",
         "opsbot-task-snapshot-daily",
     ]
+    assert scheduler.get_schedule(Name="lambda-concurrency", GroupName="opsbot-breach-checks")["State"] == "DISABLED"
     states = {r["Name"]: r["State"] for r in events.list_rules()["Rules"]}
     assert states == {
         "opsbot-task-snapshot-daily": "DISABLED",
@@ -125,6 +140,8 @@ def test_pause_and_resume_restore_exactly_the_previous_rule_states(ledger, hub_s
     }
     assert [r.outcome for r in pausing.pause(board, events, "123456789012", REGION, ops)] == ["already-flipped"] * 3
     pausing.resume(board, ops)
+    schedule = scheduler.get_schedule(Name="lambda-concurrency", GroupName="opsbot-breach-checks")
+    assert schedule["State"] == "ENABLED" and schedule["ScheduleExpression"] == "rate(5 minutes)"
     states = {r["Name"]: r["State"] for r in events.list_rules()["Rules"]}
     assert states == {
         "opsbot-task-snapshot-daily": "ENABLED",

@@ -538,7 +538,8 @@ def test_member_role_grants_what_the_kill_switches_call(member: dict[str, Any]) 
     statements = [s for p in member_role(member)["Policies"] for s in p["PolicyDocument"]["Statement"]]
     granted = {a for s in statements for a in as_list(s["Action"])}
     code = (ROOT / "automations" / "kill_switches.py").read_text(encoding="utf-8")
-    calls = set(re.findall(r"client\.(\w+)\(", code))
+    # Schedules are opsbot's own, in the hub (pause/resume): not the member role's business.
+    calls = {c for c in re.findall(r"client\.(\w+)\(", code) if not c.endswith("_schedule")}
     assert {"put_function_concurrency", "delete_function_concurrency", "disable_rule", "enable_rule"} <= calls
     needed = {
         f"{'events' if call.endswith('_rule') else 'lambda'}:{''.join(w.title() for w in call.split('_'))}"

@@ -145,7 +145,8 @@ def killswitch_chapter(
     hub_board = Switchboard(rt.ledger.table, lambda a, r, service: hub.client(service, region_name=r))
     operator = Actor("cli", "opsbot-operator", "opsbot-operator")
     hub_account = hub.client("sts").get_caller_identity()["Account"]
-    for result in pausing.pause(hub_board, hub.client("events"), hub_account, region, operator):
+    scheduler = hub.client("scheduler")
+    for result in pausing.pause(hub_board, hub.client("events"), hub_account, region, operator, scheduler=scheduler):
         print("  " + result.sentence())
     for result in pausing.resume(hub_board, operator):
         print("  " + result.sentence())
