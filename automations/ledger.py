@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
 
 RUNNING = "RUNNING"
 SUCCEEDED = "SUCCEEDED"
@@ -97,21 +98,28 @@ class Ledger:
         self.table.put_item(Item=_dynamo(item), ConditionExpression="attribute_not_exists(pk)")
         return item
 
-    def close_run(self, run_id: str, status: str, **attrs: Any) -> None:
+    def close_run(self, run_id: str, status: str, **attrs: Any) -> bool:
+        """Close a RUNNING run; False when it was already closed (a racing Close got there first)."""
         names = {"#status": "status"}
-        values: dict[str, Any] = {":status": status, ":ended": iso(self.clock())}
+        values: dict[str, Any] = {":status": status, ":ended": iso(self.clock()), ":running": RUNNING}
         sets = ["#status = :status", "ended_at = :ended"]
         for i, (key, value) in enumerate(attrs.items()):
             names[f"#a{i}"] = key
             values[f":a{i}"] = _dynamo(value)
             sets.append(f"#a{i} = :a{i}")
-        self.table.update_item(
-            Key={"pk": f"RUN#{run_id}", "sk": "RUN"},
-            UpdateExpression="SET " + ", ".join(sets),
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-            ConditionExpression="attribute_exists(pk)",
-        )
+        try:
+            self.table.update_item(
+                Key={"pk": f"RUN#{run_id}", "sk": "RUN"},
+                UpdateExpression="SET " + ", ".join(sets),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ConditionExpression="attribute_exists(pk) AND #status = :running",
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     def record_event(self, run_id: str, attrs: dict[str, Any]) -> None:
         """An event-driven action as one item (one write): the run and its actions together.

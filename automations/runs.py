@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -73,6 +73,14 @@ class TaskError(ValueError):
 
 class _NotStarted(Exception):
     pass
+
+
+class UnitsStillRunning(Exception):
+    """Close was called while a unit is still running (e.g. in a duplicate execution): retry later."""
+
+
+# A unit RUNNING for longer than its Lambda can live has died without a record: count it failed.
+UNIT_LIFETIME = timedelta(minutes=16)
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,8 @@ def run_unit(
     task = tasks[unit.task]
     kind = (kinds or task_kinds())[task.kind]
     started = L.iso(clock())
+    # Marked first, so a Close running meanwhile (a duplicate execution) waits instead of failing it.
+    ledger.record_unit(unit.run_id, unit.account, unit.region, status=L.RUNNING, started_at=started)
     status, error = L.SUCCEEDED, None
     outcome = UnitOutcome()
     try:
@@ -234,6 +244,14 @@ def close_run(run_id: str, ledger: Ledger, notifier: Notifier | None, reason: st
     if run["status"] != L.RUNNING:
         return run  # already closed: a duplicate close neither rewrites nor re-notifies
     units = ledger.units(run_id)
+    now = ledger.clock()
+    running = [u for u in units if u["status"] == L.RUNNING]
+    if reason is None and any(
+        now - datetime.fromisoformat(u["started_at"].replace("Z", "+00:00")) < UNIT_LIFETIME for u in running
+    ):
+        raise UnitsStillRunning(f"run {run_id}: {len(running)} unit(s) still running")
+    for u in running:
+        u["status"], u["error"] = L.FAILED, "started but never finished (the function died or timed out)"
     reported = {f"{u['account']}/{u['region']}" for u in units}
     missing = [u for u in run.get("planned_units", []) if u not in reported]
     counts: Counter[str] = Counter()
@@ -254,14 +272,15 @@ def close_run(run_id: str, ledger: Ledger, notifier: Notifier | None, reason: st
         status = L.PARTIAL
     failures = [f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED]
     failures += [f"{m}: no result recorded{f' ({reason})' if reason else ''}" for m in missing]
-    ledger.close_run(
+    if not ledger.close_run(
         run_id,
         status,
         counts=dict(counts),
         units={"total": total, **{k.lower(): v for k, v in by_status.items()}},
         unknown_tasks=unknown,
         failures=failures,
-    )
+    ):
+        return ledger.get_run(run_id) or run  # another Close won the race: it notifies, not this one
     closed = ledger.get_run(run_id) or run
     if notifier is not None and (status != L.SUCCEEDED or any(counts[k] for k in NOTEWORTHY)):
         findings = []

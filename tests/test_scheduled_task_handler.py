@@ -87,3 +87,30 @@ def test_unit_near_timeout_closes_partial(handler, member):
     closed = handler.close({"run_id": plan["run_id"]}, FakeLambdaContext())
     assert closed["status"] == "PARTIAL"
     assert member(ACCOUNT_A, "us-east-1").snapshots("snapshot-daily") == []
+
+
+def test_close_waits_for_a_unit_still_running_and_fails_one_that_died(handler, member):
+    from freezegun import freeze_time
+
+    from automations.runs import UnitsStillRunning
+    from handlers._wiring import runtime
+
+    with freeze_time("2026-11-25 03:01:00"):
+        plan = handler.plan(schedule_input(), FakeLambdaContext())
+        for u in plan["units"][1:]:
+            handler.unit(u, FakeLambdaContext())
+        first = plan["units"][0]
+        # A duplicate execution is still working on this unit: its record says RUNNING.
+        runtime().ledger.record_unit(
+            first["run_id"], first["account"], first["region"], status="RUNNING", started_at="2026-11-25T03:00:30Z"
+        )
+        with pytest.raises(UnitsStillRunning):
+            handler.close({"run_id": plan["run_id"]}, FakeLambdaContext())
+        assert runtime().ledger.get_run(plan["run_id"])["status"] == "RUNNING"
+    with freeze_time("2026-11-25 03:30:00"):  # longer than any unit can live: it died without a record
+        closed = handler.close({"run_id": plan["run_id"]}, FakeLambdaContext())
+        assert closed["status"] == "PARTIAL"
+        again = handler.close({"run_id": plan["run_id"]}, FakeLambdaContext())  # a racing/duplicate Close
+        assert again["status"] == "PARTIAL"
+    run = runtime().ledger.get_run(plan["run_id"])
+    assert any("never finished" in f for f in run["failures"])

@@ -403,7 +403,9 @@ def test_member_forwards_exactly_the_events_the_hub_handles(hub: dict[str, Any],
     forward = member["Resources"]["ForwardSecurityGroupEvents"]["Properties"]
     assert forward["EventPattern"] == event["Properties"]["Pattern"], lid
     (target,) = forward["Targets"]
-    assert target["Arn"] == {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${HubAccountId}:event-bus/default"}
+    # Every fleet region forwards to the hub's bus in the hub's region (CloudTrail events stay regional).
+    assert target["Arn"] == {"Fn::Sub": "arn:${AWS::Partition}:events:${HubRegion}:${HubAccountId}:event-bus/default"}
+    assert member["Resources"]["OpsBotExecutionRole"]["Condition"] == "IsRoleRegion"
 
 
 # ---- state ----------------------------------------------------------------------------------
