@@ -103,7 +103,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ---- runtime -------------------------------------------------------------------------------
 def _runtime() -> Runtime:
     environment.activate()
-    return build_runtime(Settings.from_mapping(os.environ), environment.session())
+    fleet_text = None
+    if parameter := os.environ.get("OPSBOT_FLEET_PARAMETER"):  # on AWS: the deployed fleet document
+        from aws_lambda_powertools.utilities import parameters
+
+        fleet_text = str(parameters.get_parameter(parameter))
+    return build_runtime(Settings.from_mapping(os.environ), environment.session(), fleet_text=fleet_text)
 
 
 def _notifier(settings: Settings) -> Any:
