@@ -22,7 +22,7 @@ def own_schedules(scheduler: Any, prefix: str = RULE_PREFIX) -> list[str]:
     """EventBridge Scheduler schedules in opsbot's schedule groups, as GROUP/NAME."""
     found: list[str] = []
     for page in scheduler.get_paginator("list_schedule_groups").paginate(NamePrefix=prefix):
-        for group in page["ScheduleGroups"]:
+        for group in (g for g in page["ScheduleGroups"] if g["Name"].startswith(prefix)):
             for listing in scheduler.get_paginator("list_schedules").paginate(GroupName=group["Name"]):
                 found += [f"{group['Name']}/{s['Name']}" for s in listing["Schedules"]]
     return found

@@ -158,13 +158,40 @@ def api_request(path: str, method: str, headers: dict[str, str], body: str) -> A
 def install_schedules(hub: boto3.Session, template_path: Path = PROJECT_ROOT / "template.yaml") -> list[str]:
     """The template's named schedule rules (no targets: `opsbot run` runs tasks locally), so that
     `opsbot pause` / `resume` have opsbot's real rules to act on."""
+    template = load_template(template_path)
     events = hub.client("events")
     names = []
-    for rule in resources_of_type(load_template(template_path), "AWS::Events::Rule").values():
+    for rule in resources_of_type(template, "AWS::Events::Rule").values():
         props = rule["Properties"]
         if isinstance(props.get("Name"), str) and props.get("ScheduleExpression"):
             events.put_rule(Name=props["Name"], ScheduleExpression=props["ScheduleExpression"], State=props["State"])
             names.append(props["Name"])
+    # EventBridge Scheduler schedules, in their named group; targets are placeholders (nothing fires locally).
+    scheduler = hub.client("scheduler")
+    groups = resources_of_type(template, "AWS::Scheduler::ScheduleGroup")
+    account = hub.client("sts").get_caller_identity()["Account"]
+    region = hub.region_name
+    for lid, sched in resources_of_type(template, "AWS::Scheduler::Schedule").items():
+        props = sched["Properties"]
+        group = groups[props["GroupName"]["Ref"]]["Properties"]["Name"]
+        expression = props["ScheduleExpression"]
+        if isinstance(expression, dict):  # !Ref to a parameter: its default
+            expression = template["Parameters"][expression["Ref"]]["Default"]
+        existing = {g["Name"] for g in scheduler.list_schedule_groups()["ScheduleGroups"]}
+        if group not in existing:  # once: moto's CreateScheduleGroup on an existing group empties it
+            scheduler.create_schedule_group(Name=group)
+        scheduler.create_schedule(
+            Name=lid,
+            GroupName=group,
+            ScheduleExpression=expression,
+            FlexibleTimeWindow=props["FlexibleTimeWindow"],
+            State=props["State"],
+            Target={
+                "Arn": f"arn:aws:states:{region}:{account}:stateMachine:opsbot-local-{lid}",
+                "RoleArn": f"arn:aws:iam::{account}:role/opsbot-local-scheduler",
+            },
+        )
+        names.append(f"{group}/{lid}")
     return names
 
 
