@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from automations.kill_switches import Actor, Result, Switchboard, Target
+from automations.notify import Alert
 from automations.rulebook import LoadedDocument, Problem, load_document, validate_document
 
 
@@ -72,3 +73,19 @@ def on_alarm_event(event: Mapping[str, Any], policies: tuple[Policy, ...], board
                 if flipped_by.get("type") == "policy" and flipped_by.get("id") == policy.name:
                     results.append(board.restore(target, actor, alarm=alarm, event_id=event.get("id")))
     return results
+
+
+def policy_alert(event: Mapping[str, Any], results: list[Result]) -> Alert | None:
+    """What on-call hears about a policy's flips and restores (None when nothing changed or failed)."""
+    changed = [r for r in results if r.changed or r.outcome == "failed"]
+    if not changed:
+        return None
+    detail = event.get("detail") or {}
+    return Alert(
+        kind="kill-switch",
+        title=f"Kill switch policy: alarm {detail.get('alarmName')} is {(detail.get('state') or {}).get('value')}",
+        severity="critical" if any(r.outcome == "failed" for r in changed) else "warning",
+        summary=f"{len(changed)} switch action(s) in {event.get('account')}/{event.get('region')}.",
+        details=[r.sentence() for r in changed],
+        context="`opsbot killswitch status` · runbook: docs/runbooks/kill-switch.md",
+    )

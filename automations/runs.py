@@ -79,6 +79,7 @@ class UnitsStillRunning(Exception):
     """Close was called while a unit is still running (e.g. in a duplicate execution): retry later."""
 
 
+MAX_LISTED = 100
 # A unit RUNNING for longer than its Lambda can live has died without a record: count it failed.
 UNIT_LIFETIME = timedelta(minutes=16)
 
@@ -272,6 +273,10 @@ def close_run(run_id: str, ledger: Ledger, notifier: Notifier | None, reason: st
         status = L.PARTIAL
     failures = [f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED]
     failures += [f"{m}: no result recorded{f' ({reason})' if reason else ''}" for m in missing]
+    # The run is one DynamoDB item (400 KB) and one SNS message (256 KB): keep counts whole, lists short.
+    if len(failures) > MAX_LISTED:
+        failures = [*failures[:MAX_LISTED], f"...and {len(failures) - MAX_LISTED} more (opsbot runs show {run_id})"]
+    unknown = dict(list(unknown.items())[:MAX_LISTED])
     if not ledger.close_run(
         run_id,
         status,
@@ -290,7 +295,7 @@ def close_run(run_id: str, ledger: Ledger, notifier: Notifier | None, reason: st
                 f"{a['detail']['rule']} (rule {a['detail']['policy_rule']})"
                 for a in ledger.actions(run_id)
                 if a["outcome"] in ("revoked", "would-revoke", "alerted", "failed")
-            ]
+            ][:MAX_LISTED]
         notifier.send(run_alert(closed, findings))
     return closed
 

@@ -22,6 +22,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ContextBlock, MarkdownTextObject
 from slack_sdk.signature import Clock, SignatureVerifier
+from slack_sdk.webhook import WebhookClient
 
 from automations.breach_alerts import KILL_SWITCH_ACTION
 from automations.kill_switches import Actor, Result, Switchboard, Target
@@ -179,7 +180,49 @@ def accept(
     if not oncall.allows(press.user_id, slack):
         raise Rejected(403, f"<@{press.user_id}> is not on the on-call list (rules/oncall.yaml): nothing done")
     target = resolve(press, lookup_alert, board)
-    return {"press": asdict(press), "target": asdict(target), "accepted_at": now.isoformat()}
+    return {
+        "request_id": signature,  # the worker's idempotency key: one press, one flip, one message update
+        "press": asdict(press),
+        "target": asdict(target),
+        "accepted_at": now.isoformat(),
+    }
+
+
+def handle_request(
+    body: str,
+    headers: Mapping[str, str],
+    *,
+    enqueue: Callable[[dict[str, Any]], None],
+    **checks: Any,
+) -> tuple[int, str]:
+    """The endpoint's whole job: (HTTP status, body) for Slack. Accepted presses are queued; a refusal
+    after the signature checked out is told to the presser (ephemeral, through response_url)."""
+    try:
+        job = accept(body, headers, **checks)
+    except Rejected as exc:
+        if exc.status == 403:
+            url = parse(body).response_url
+            if url:
+                WebhookClient(url).send(
+                    text=f":no_entry: {exc.reason}", response_type="ephemeral", replace_original=False
+                )
+            return 200, ""
+        return exc.status, exc.reason
+    enqueue(job)
+    return 200, ""
+
+
+def complete(job: Mapping[str, Any], board: Switchboard, now: datetime | None = None) -> Result:
+    """The worker's job: flip or restore, then replace the original message with who did what."""
+    result = perform(job, board)
+    press = Press(**job["press"])
+    if press.response_url:
+        WebhookClient(press.response_url).send(
+            text=result.sentence(),
+            blocks=updated_blocks(press, result, now or datetime.now(UTC)),
+            replace_original=True,
+        )
+    return result
 
 
 def perform(job: Mapping[str, Any], board: Switchboard) -> Result:

@@ -7,6 +7,7 @@ is due for deletion; then one CreateSnapshot per volume and one DeleteSnapshot p
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -237,7 +238,11 @@ def snapshot_unit(ec2: Any, ctx: UnitContext) -> UnitOutcome:
     existing = _existing_snapshots(ec2, ctx.task.name)
     amis = _AmiSnapshots(ec2)
     label = slot_label(ctx.slot)
-    pending = list(targets.values())
+    # Start each slot at a different place: a unit that runs out of time does not skip the same tail of
+    # volumes every day (the same slot always starts at the same place, so a re-run finishes it).
+    ordered = sorted(targets.values(), key=lambda t: t.volume_id)
+    offset = zlib.crc32(label.encode()) % len(ordered) if ordered else 0
+    pending = ordered[offset:] + ordered[:offset]
     for index, target in enumerate(pending):
         if ctx.deadline.near():
             outcome.stopped_early = True

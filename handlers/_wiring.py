@@ -4,7 +4,7 @@ and the runtime (ledger, fleet, broker, notifier) built once per cold start."""
 from __future__ import annotations
 
 import os
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -19,13 +19,22 @@ tracer = Tracer()
 metrics = Metrics()
 
 
-@cache
 def runtime() -> Runtime:
+    """Built once per container, rebuilt when the fleet parameter changes (Powertools re-reads it
+    every 5 minutes), so a new member account is picked up without a redeploy."""
     fleet_parameter = os.environ.get("OPSBOT_FLEET_PARAMETER")
     fleet_text = parameters.get_parameter(fleet_parameter, max_age=300) if fleet_parameter else None
-    return build_runtime(
-        Settings.from_mapping(os.environ), boto3.Session(), fleet_text=str(fleet_text) if fleet_text else None
-    )
+    return _runtime_for(str(fleet_text) if fleet_text else None)
+
+
+@lru_cache(maxsize=1)
+def _runtime_for(fleet_text: str | None) -> Runtime:
+    return build_runtime(Settings.from_mapping(os.environ), boto3.Session(), fleet_text=fleet_text)
+
+
+def reset() -> None:
+    """Forget the built runtime (tests switch rules and tables between cases)."""
+    _runtime_for.cache_clear()
 
 
 def notifier() -> Notifier:

@@ -9,9 +9,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations.kill_switch_policies import Policy, load_policies, on_alarm_event
+from automations.kill_switch_policies import Policy, load_policies, on_alarm_event, policy_alert
 from automations.kill_switches import Switchboard
-from automations.notify import Alert
 from handlers._wiring import idempotency_store, logger, notifier, runtime, tracer
 
 
@@ -26,17 +25,6 @@ def _policies() -> tuple[Policy, ...]:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     results = on_alarm_event(event, _policies(), Switchboard(rt.ledger.table, rt.broker.client))
-    changed = [r for r in results if r.changed or r.outcome == "failed"]
-    if changed:
-        detail = event.get("detail") or {}
-        notifier().send(
-            Alert(
-                kind="kill-switch",
-                title=f"Kill switch policy: alarm {detail.get('alarmName')} is {detail.get('state', {}).get('value')}",
-                severity="critical" if any(r.outcome == "failed" for r in changed) else "warning",
-                summary=f"{len(changed)} switch action(s) in {event.get('account')}/{event.get('region')}.",
-                details=[r.sentence() for r in changed],
-                context="`opsbot killswitch status` · runbook: docs/runbooks/kill-switch.md",
-            )
-        )
+    if alert := policy_alert(event, results):
+        notifier().send(alert)
     return {"results": [{"target": str(r.target), "outcome": r.outcome} for r in results]}

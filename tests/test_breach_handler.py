@@ -39,7 +39,7 @@ def handler(shimmed, hub_session, inbox, tmp_path, monkeypatch) -> Any:
     from handlers import _wiring, check_quotas
 
     def clear() -> None:
-        _wiring.runtime.cache_clear()
+        _wiring.reset()
         check_quotas.rules.cache_clear()
         if hasattr(_wiring, "_notifier_for"):
             _wiring._notifier_for.cache_clear()

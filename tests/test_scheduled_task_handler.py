@@ -33,9 +33,9 @@ def handler(hub_session, tmp_path, monkeypatch) -> Any:
     monkeypatch.setenv("OPSBOT_IDEMPOTENCY_TABLE", "opsbot-idempotency")
     from handlers import _wiring, scheduled_task
 
-    _wiring.runtime.cache_clear()
+    _wiring.reset()
     yield scheduled_task
-    _wiring.runtime.cache_clear()
+    _wiring.reset()
 
 
 def schedule_input() -> dict[str, Any]:

@@ -340,12 +340,12 @@ def test_duplicate_delivery_through_the_handler_is_one_revoke_one_alert(sg, tmp_
     hub.client("secretsmanager").create_secret(Name="opsbot/slack", SecretString="xoxb-test")
     from handlers import _wiring, sg_events
 
-    _wiring.runtime.cache_clear()
+    _wiring.reset()
     group = sg.group()
     event = sg.apply("authorize_sg_ingress_modern", group)
     first = sg_events.handler(event, FakeLambdaContext())
     again = sg_events.handler(event, FakeLambdaContext())
-    _wiring.runtime.cache_clear()
+    _wiring.reset()
     assert first == again and first["counts"]["revoked"] == 1
     assert len(sg.slack.messages()) == 1
     assert sg.rules(group) == []

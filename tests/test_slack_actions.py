@@ -89,7 +89,7 @@ def endpoint(hub_session, broker, ledger, tmp_path, monkeypatch) -> Any:
         monkeypatch.setenv(key, value)
     from handlers import _wiring, kill_switch_worker, slack_actions
 
-    _wiring.runtime.cache_clear()
+    _wiring.reset()
     slack_actions._oncall.cache_clear()
     with SlackStandIn("xoxb-test") as slack:
         yield {
@@ -101,7 +101,7 @@ def endpoint(hub_session, broker, ledger, tmp_path, monkeypatch) -> Any:
             "sqs": hub_session.client("sqs"),
             "queue": queue,
         }
-    _wiring.runtime.cache_clear()
+    _wiring.reset()
 
 
 def press_body(env: dict[str, Any], action_id: str, user: str, alert_id: str | None = None) -> str:
@@ -269,3 +269,13 @@ def test_function_concurrency_alert_carries_the_kill_switch_button(ledger):
     )
     opened = book.observe(ACCOUNT_A, REGION, quota, Thresholds(), None)
     assert not [b for b in alert_message(opened).as_blocks() if b.type == "actions"]
+
+
+def test_a_redelivered_job_changes_nothing_and_updates_the_message_once(endpoint):
+    body = press_body(endpoint, FLIP, ONCALL_USER)
+    post(endpoint, body, signed(body))
+    (job,) = run_worker(endpoint)
+    endpoint["sqs"].send_message(QueueUrl=endpoint["queue"], MessageBody=json.dumps(job))  # SQS delivers twice
+    run_worker(endpoint)
+    assert reserved(endpoint) == 0
+    assert len([c for c in endpoint["slack"].calls if c["method"] == "response_url"]) == 1

@@ -282,6 +282,7 @@ MEMBER_ACTING = (
 )
 # The functions whose events may arrive twice (EventBridge); the others are idempotent by design.
 IDEMPOTENT = (
+    "handlers.kill_switch_worker.handler",
     "handlers.scheduled_task.plan",
     "handlers.scheduled_task.unit",
     "handlers.sg_events.handler",
