@@ -39,7 +39,7 @@ from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from automations.breach_rules import Thresholds
-from automations.ledger import RUNS_INDEX, iso, plain, utcnow
+from automations.ledger import RUNS_INDEX, iso, plain, query_all, utcnow
 from automations.notify import Alert
 
 KILL_SWITCH_ACTION = "killswitch_flip"  # automations.slack_interactions.FLIP handles it
@@ -226,18 +226,12 @@ class AlertBook:
 
     def states(self, account: str, region: str) -> dict[str, dict[str, Any]]:
         """Every alert item of one account/region (open or resolved), by key: one Query."""
-        kwargs: dict[str, Any] = {
-            "KeyConditionExpression": Key("pk").eq(self.pk(account, region)) & Key("sk").begins_with("KEY#"),
-            "ConsistentRead": True,
-        }
-        out: dict[str, dict[str, Any]] = {}
-        while True:
-            resp = self.table.query(**kwargs)
-            for item in resp["Items"]:
-                out[str(item["key"])] = plain(item)
-            if "LastEvaluatedKey" not in resp:
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        items = query_all(
+            self.table,
+            KeyConditionExpression=Key("pk").eq(self.pk(account, region)) & Key("sk").begins_with("KEY#"),
+            ConsistentRead=True,
+        )
+        return {str(item["key"]): item for item in items}
 
     def state(self, account: str, region: str, key: str) -> dict[str, Any] | None:
         item = self.table.get_item(Key={"pk": self.pk(account, region), "sk": f"KEY#{key}"}, ConsistentRead=True).get(
@@ -300,13 +294,7 @@ class AlertBook:
 
     # ---- lookups ---------------------------------------------------------------------------
     def _index(self, **extra: Any) -> Iterator[dict[str, Any]]:
-        kwargs: dict[str, Any] = {"IndexName": RUNS_INDEX, "ScanIndexForward": False, **extra}
-        while True:
-            resp = self.table.query(**kwargs)
-            yield from (plain(i) for i in resp["Items"])
-            if "LastEvaluatedKey" not in resp:
-                return
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return query_all(self.table, IndexName=RUNS_INDEX, ScanIndexForward=False, **extra)
 
     def get(self, alert_id: str) -> dict[str, Any] | None:
         """The alert with this id, if it is still the current episode of its key (else None)."""

@@ -24,7 +24,7 @@ from typing import Any
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
-from automations.ledger import RUNS_INDEX, iso, plain
+from automations.ledger import RUNS_INDEX, iso, plain, query_all
 
 # kind -> the AWS service it needs; "schedule" (EventBridge Scheduler, GROUP/NAME) is for pausing opsbot itself
 KINDS = {"lambda": "lambda", "rule": "events", "esm": "lambda", "schedule": "scheduler"}
@@ -305,14 +305,19 @@ class Switchboard:
 
     def flipped(self) -> list[dict[str, Any]]:
         """What is flipped now, newest first, with since when and by whom."""
-        resp = self.table.query(
-            IndexName=RUNS_INDEX, KeyConditionExpression=Key("gsi1pk").eq(SWITCH_INDEX_KEY), ScanIndexForward=False
+        return list(
+            query_all(
+                self.table,
+                IndexName=RUNS_INDEX,
+                KeyConditionExpression=Key("gsi1pk").eq(SWITCH_INDEX_KEY),
+                ScanIndexForward=False,
+            )
         )
-        return [plain(i) for i in resp["Items"]]
 
     def audit(self, target: Target) -> list[dict[str, Any]]:
-        resp = self.table.query(KeyConditionExpression=Key("pk").eq(target.key) & Key("sk").begins_with("AUDIT#"))
-        return [plain(i) for i in resp["Items"]]
+        return list(
+            query_all(self.table, KeyConditionExpression=Key("pk").eq(target.key) & Key("sk").begins_with("AUDIT#"))
+        )
 
     def target_for_alert(self, alert_id: str) -> Target | None:
         """The switch flipped for this alert (for Restore after the alert itself has resolved)."""

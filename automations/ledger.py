@@ -47,6 +47,16 @@ def plain(value: Any) -> Any:
     return value
 
 
+def query_all(table: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item a Query matches, across pages (DynamoDB returns at most 1 MB a page), as plain values."""
+    while True:
+        resp = table.query(**kwargs)
+        yield from (plain(i) for i in resp["Items"])
+        if "LastEvaluatedKey" not in resp:
+            return
+        kwargs = {**kwargs, "ExclusiveStartKey": resp["LastEvaluatedKey"]}
+
+
 def _dynamo(value: Any) -> Any:
     if isinstance(value, float):
         return Decimal(str(value))
@@ -153,15 +163,9 @@ class Ledger:
         return [plain(i) for i in resp["Items"]]
 
     def _query_prefix(self, run_id: str, prefix: str) -> Iterator[dict[str, Any]]:
-        kwargs: dict[str, Any] = {
-            "KeyConditionExpression": Key("pk").eq(f"RUN#{run_id}") & Key("sk").begins_with(prefix)
-        }
-        while True:
-            resp = self.table.query(**kwargs)
-            yield from (plain(i) for i in resp["Items"])
-            if "LastEvaluatedKey" not in resp:
-                return
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return query_all(
+            self.table, KeyConditionExpression=Key("pk").eq(f"RUN#{run_id}") & Key("sk").begins_with(prefix)
+        )
 
     # ---- small state values (e.g. the digest of the rules a sweep last ran with) ----------
     def swap_state(self, name: str, value: str) -> str | None:

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -175,40 +174,23 @@ def main() -> None:
         run_check(args.run_check)
         return
 
-    import socket
     import tempfile
 
     from opsbot.local import server
     from opsbot.local.aws_shims import CATALOG_ENV
 
     per_unit = args.quotas // (len(ACCOUNTS) * len(REGIONS))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     work = Path(tempfile.mkdtemp(prefix="opsbot-quota-bench-"))
     (work / "fleet.yaml").write_text(FLEET)
     (work / "tasks.yaml").write_text(TASKS)
     (work / "quotas.yaml").write_text(RULES)
     (work / "catalog.json").write_text(json.dumps(catalog(per_unit)))
     os.environ[CATALOG_ENV] = str(work / "catalog.json")  # the local AWS lists these quotas
-    moto = server.start(port, work / "moto.log")
-    try:
+    with server.running(work / "moto.log") as url:
         t0 = time.perf_counter()
-        seed(server.endpoint(port), per_unit)
+        seed(url, per_unit)
         print(f"seeded {per_unit * 4} quotas with usage in 4 account-regions in {time.perf_counter() - t0:.1f}s")
-        env = {
-            **os.environ,
-            "AWS_ENDPOINT_URL": server.endpoint(port),
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        out = subprocess.run(
-            [sys.executable, __file__, "--run-check", str(work)], env=env, check=True, stdout=subprocess.PIPE, text=True
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
-    finally:
-        server.stop(moto.pid)
+        result = server.run_measured(__file__, f"--run-check={work}", url)
     per_quota = result["get_metric_data"] / max(result["quotas_checked"], 1)
     print(f"status                          {result['status']} {result['units']}")
     print(f"quotas checked                  {result['quotas_checked']}")

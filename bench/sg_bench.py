@@ -18,7 +18,6 @@ import argparse  # noqa: E402 - the clock above must start before any import
 import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -123,52 +122,31 @@ def main() -> None:
         handle_all(Path(args.handle))
         return
 
-    import socket
-
     from opsbot.local import server
     from opsbot.local.slack_standin import SlackStandIn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     work = Path(tempfile.mkdtemp(prefix="opsbot-sg-bench-"))
     rules = work / "rules"
     rules.mkdir()
     (rules / "fleet.yaml").write_text(FLEET)
     (rules / "tasks.yaml").write_text("tasks: []\n")
     (rules / "security_groups.yaml").write_text((ROOT / "rules" / "security_groups.yaml").read_text())
-    moto = server.start(port, work / "moto.log")
-    try:
-        prepare(server.endpoint(port), args.events, work)
-        with SlackStandIn("xoxb-bench") as slack:
-            env = {
-                **os.environ,
-                "AWS_ENDPOINT_URL": server.endpoint(port),
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": REGION,
-                "OPSBOT_RULES_DIR": str(rules),
-                "OPSBOT_LEDGER_TABLE": "opsbot-ledger",
-                "OPSBOT_IDEMPOTENCY_TABLE": "opsbot-idempotency",
-                "OPSBOT_ALERT_TOPIC_ARN": (work / "topic").read_text(),
-                "OPSBOT_SLACK_CHANNEL": "#sec",
-                "OPSBOT_SLACK_API_URL": slack.base_url,
-                "POWERTOOLS_TRACE_DISABLED": "true",
-                "POWERTOOLS_METRICS_DISABLED": "true",
-                "POWERTOOLS_LOG_LEVEL": "WARNING",
-            }
-            for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
-                env.pop(name, None)
-            out = subprocess.run(
-                [sys.executable, __file__, "--handle", str(work)],
-                env=env,
-                check=True,
-                stdout=subprocess.PIPE,
-                text=True,
-            ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
-    finally:
-        server.stop(moto.pid)
+    with server.running(work / "moto.log") as url, SlackStandIn("xoxb-bench") as slack:
+        prepare(url, args.events, work)
+        result = server.run_measured(
+            __file__,
+            f"--handle={work}",
+            url,
+            OPSBOT_RULES_DIR=str(rules),
+            OPSBOT_LEDGER_TABLE="opsbot-ledger",
+            OPSBOT_IDEMPOTENCY_TABLE="opsbot-idempotency",
+            OPSBOT_ALERT_TOPIC_ARN=(work / "topic").read_text(),
+            OPSBOT_SLACK_CHANNEL="#sec",
+            OPSBOT_SLACK_API_URL=slack.base_url,
+            POWERTOOLS_TRACE_DISABLED="true",
+            POWERTOOLS_METRICS_DISABLED="true",
+            POWERTOOLS_LOG_LEVEL="WARNING",
+        )
     print(f"events handled               {result['events']}")
     print(f"cold start (process start -> first event handled)  {result['cold_start_s']} s")
     print(f"warm event -> revoke done    median {result['warm_median_ms']} ms, p99 {result['warm_p99_ms']} ms")

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -136,39 +135,18 @@ def main() -> None:
         run_task(args.run_task)
         return
 
-    import socket
     import tempfile
 
     from opsbot.local import server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     work = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
     (work / "fleet.yaml").write_text(FLEET)
     (work / "tasks.yaml").write_text(TASKS)
-    moto = server.start(port, work / "moto.log")
-    try:
+    with server.running(work / "moto.log") as url:
         t0 = time.perf_counter()
-        seed(server.endpoint(port), args.volumes)
+        seed(url, args.volumes)
         print(f"seeded {args.volumes} tagged volumes in {time.perf_counter() - t0:.1f}s", flush=True)
-        env = {
-            **os.environ,
-            "AWS_ENDPOINT_URL": server.endpoint(port),
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        out = subprocess.run(
-            [sys.executable, __file__, "--run-task", str(work)],
-            env=env,
-            check=True,
-            stdout=subprocess.PIPE,
-            text=True,
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
-    finally:
-        server.stop(moto.pid)
+        result = server.run_measured(__file__, f"--run-task={work}", url)
     per_volume = result["ec2_calls"] / max(result["created"], 1)
     print(f"status                       {result['status']}")
     for failure in result["failures"]:

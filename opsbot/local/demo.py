@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -28,19 +27,13 @@ from opsbot.local.slack_standin import SlackStandIn
 from opsbot.tables import table
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _say(text: str) -> None:
     print(f"\n\033[1m>> {text}\033[0m", flush=True)
 
 
 def demo(port: int = 0) -> int:
     started = time.monotonic()
-    port = port or _free_port()
+    port = port or server.free_port()
     workdir = Path(tempfile.mkdtemp(prefix="opsbot-demo-"))
     _say(f"starting the local AWS (moto server) on 127.0.0.1:{port}")
     moto = server.start(port, workdir / "moto.log")

@@ -10,15 +10,14 @@ hourly quota window for about an hour.
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 
 from automations.fleet import Fleet
+from opsbot.local.lambda_functions import create_functions
 
 LAMBDA_REGION = "us-east-1"
 QUOTA_REGION = "eu-west-1"
@@ -29,13 +28,6 @@ QUOTA_LIMIT, QUOTA_USAGE = 500, 480  # 96%
 FUNCTIONS = {"checkout-api": None, "image-resize": None, "ledger-sync": 100}  # name -> reserved concurrency
 LEDGER_SYNC_PEAK = 62  # 62% of its reservation: below the warning
 METRICS_STANDIN = "aws-metrics-standin"
-
-
-def _code() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("app.py", "def handler(event, context):\n    return {'ok': True}\n")
-    return buf.getvalue()
 
 
 def _datum(name: str, value: float, at: datetime, **dims: str) -> dict[str, Any]:
@@ -49,21 +41,8 @@ def _datum(name: str, value: float, at: datetime, **dims: str) -> dict[str, Any]
 
 def seed_lambda_concurrency(member: boto3.Session, at: datetime) -> str:
     """Functions, then concurrency metrics putting the account's claimed concurrency at 85% of its limit."""
-    iam = member.client("iam")
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    role = iam.create_role(RoleName="storefront-functions", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    create_functions(member, LAMBDA_REGION, "storefront-functions", FUNCTIONS)
     lam = member.client("lambda", region_name=LAMBDA_REGION)
-    for name, reserved in FUNCTIONS.items():
-        lam.create_function(
-            FunctionName=name, Runtime="python3.11", Role=role, Handler="app.handler", Code={"ZipFile": _code()}
-        )
-        if reserved is not None:
-            lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=reserved)
     limits = lam.get_account_settings()["AccountLimit"]  # the shim: limit and what reservations leave
     limit, unreserved_limit = limits["ConcurrentExecutions"], limits["UnreservedConcurrentExecutions"]
     allocated = limit - unreserved_limit

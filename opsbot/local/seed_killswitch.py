@@ -3,44 +3,21 @@ and opsbot's own schedule rules in the hub (for `opsbot pause`)."""
 
 from __future__ import annotations
 
-import io
-import json
 import secrets
-import zipfile
 from typing import Any
 
 import boto3
 
 from opsbot.local.events import create_queues, install_schedules
+from opsbot.local.lambda_functions import create_functions
 
 SIGNING_SECRET_NAME = "opsbot/slack-signing-secret"
 REGION = "us-east-1"
 FUNCTIONS = {"orders-consumer": 25, "reporting-export": None}  # name -> reserved concurrency (None: unreserved)
 
 
-def _code() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("app.py", "def handler(event, context):\n    return {'ok': True}\n")
-    return buf.getvalue()
-
-
 def seed_functions(member: boto3.Session) -> list[str]:
-    iam = member.client("iam")
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    role = iam.create_role(RoleName="orders-service", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-    lam = member.client("lambda", region_name=REGION)
-    for name, reserved in FUNCTIONS.items():
-        lam.create_function(
-            FunctionName=name, Runtime="python3.11", Role=role, Handler="app.handler", Code={"ZipFile": _code()}
-        )
-        if reserved is not None:
-            lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=reserved)
+    create_functions(member, REGION, "orders-service", FUNCTIONS)
     return list(FUNCTIONS)
 
 

@@ -10,11 +10,14 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,35 @@ def start(port: int = DEFAULT_PORT, log_file: Path | None = None) -> subprocess.
 def stop(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running(log_file: Path, port: int = 0) -> Iterator[str]:
+    """A local AWS in its own process for the duration; yields its endpoint."""
+    port = port or free_port()
+    proc = start(port, log_file)
+    try:
+        yield endpoint(port)
+    finally:
+        stop(proc.pid)
+
+
+def run_measured(script: str, arg: str, url: str, **extra: str) -> dict[str, Any]:
+    """Run ``script ARG`` as its own process against the local AWS with the bootstrap (hub) keys;
+    returns the JSON object its last line prints. The benchmarks measure that process alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE")}
+    env.update(BOOTSTRAP_CREDENTIALS, AWS_ENDPOINT_URL=url, AWS_DEFAULT_REGION="us-east-1", **extra)
+    out = subprocess.run(
+        [sys.executable, script, *arg.split("=", 1)], env=env, check=True, stdout=subprocess.PIPE, text=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def set_enforce_iam(url: str, enforce: bool) -> None:
