@@ -145,6 +145,7 @@ def main() -> None:
             OPSBOT_SLACK_API_URL=slack.base_url,
             POWERTOOLS_TRACE_DISABLED="true",
             POWERTOOLS_METRICS_DISABLED="true",
+            POWERTOOLS_METRICS_NAMESPACE="Opsbot",  # as template.yaml's Globals set it
             POWERTOOLS_LOG_LEVEL="WARNING",
         )
     print(f"events handled               {result['events']}")
