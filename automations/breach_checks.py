@@ -44,7 +44,7 @@ from automations.lambda_concurrency import measure_lambda_concurrency
 from automations.ledger import Action, Ledger
 from automations.notify import Notifier
 from automations.quotas import measure_service_quotas
-from automations.runs import Trigger
+from automations.runs import Plan, Trigger
 from automations.schedules import slot_label
 
 log = logging.getLogger(__name__)
@@ -72,15 +72,6 @@ class CheckUnit:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckUnit:
         return cls(**{k: data[k] for k in ("run_id", "check", "account", "region", "slot", "include_global")})
-
-
-@dataclass(frozen=True)
-class CheckPlan:
-    run_id: str
-    units: list[CheckUnit]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "units": [asdict(u) for u in self.units]}
 
 
 Measure = Callable[[Mapping[str, Any], BreachRules, datetime, CheckUnit, frozenset[str]], MeasureResult]
@@ -129,7 +120,7 @@ def plan_check(
     *,
     accounts: list[str] | None = None,
     regions: list[str] | None = None,
-) -> CheckPlan:
+) -> Plan:
     """Open the run record and list its units. ``when`` is the scheduled time (or now)."""
     kind = CHECKS.get(check)
     if kind is None:
@@ -152,7 +143,7 @@ def plan_check(
         gsi1pk=CHECK_RUNS_KEY,
     )
     units = [CheckUnit(run_id, check, a, r, slot.isoformat(), first_region.get(a) == r) for a, r in targets]
-    return CheckPlan(run_id, units)
+    return Plan(run_id, units)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -360,7 +351,7 @@ def close_check(
 
 
 def run_checks_now(
-    plan: CheckPlan,
+    plan: Plan,
     *,
     rules: BreachRules,
     fleet: Fleet,

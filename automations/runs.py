@@ -108,8 +108,10 @@ class Unit:
 
 @dataclass(frozen=True)
 class Plan:
+    """A run and its units (any unit dataclass: scheduled tasks here, breach checks in breach_checks)."""
+
     run_id: str
-    units: list[Unit]
+    units: list[Any]
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "units": [asdict(u) for u in self.units]}
