@@ -26,7 +26,7 @@ from automations.notify import Alert, Notifier
 from automations.schedules import slot_for, slot_label
 from automations.sg_policy import SgPolicy
 from automations.sg_remediation import RUNBOOK as SG_RUNBOOK
-from automations.sg_remediation import sweep_unit
+from automations.sg_remediation import FindingBook, sweep_unit
 from automations.snapshots import snapshot_unit
 from automations.tasks import TaskDefinition
 from automations.units import UnitContext, UnitOutcome
@@ -46,14 +46,15 @@ class TaskKind:
     report_only_reason: Callable[[Ledger], str | None] | None = None
 
 
-def task_kinds(sg_policy: SgPolicy | None = None) -> dict[str, TaskKind]:
+def task_kinds(sg_policy: SgPolicy | None = None, ledger: Ledger | None = None) -> dict[str, TaskKind]:
     """Task kind -> how to run one unit of it. New kinds register here."""
     kinds = {"ebs-snapshot": TaskKind("ec2", snapshot_unit)}
     if sg_policy is not None:
         policy = sg_policy
+        findings = FindingBook(ledger.table) if ledger is not None else None
         kinds["security-group-sweep"] = TaskKind(
             "ec2",
-            lambda ec2, ctx: sweep_unit(ec2, ctx, policy),
+            lambda ec2, ctx: sweep_unit(ec2, ctx, policy, findings),
             lambda ledger: _sweep_report_only(ledger, policy),
         )
     return kinds

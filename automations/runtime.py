@@ -58,7 +58,7 @@ class Runtime:
 
     @property
     def kinds(self) -> dict[str, TaskKind]:
-        return task_kinds(self.sg_policy)
+        return task_kinds(self.sg_policy, self.ledger)
 
 
 def slack_client(token: str | None, api_url: str | None) -> WebClient | None:

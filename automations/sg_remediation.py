@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -232,9 +232,48 @@ def judge(ec2: Any, policy: SgPolicy, rules: list[SgRule], today: date) -> list[
     return verdicts
 
 
-def enforce(ec2: Any, verdicts: list[Verdict], report_only: bool = False) -> list[Outcome]:
+@dataclass
+class FindingBook:
+    """Alert-only findings already reported, so a rule left open is not re-announced every sweep.
+
+    One item per rule id (ledger table); a finding is reported again after ``remind_days``."""
+
+    table: Any
+    remind_days: int = 7
+
+    def first_report(self, rule: SgRule, now: datetime) -> bool:
+        try:
+            self.table.put_item(
+                Item={
+                    "pk": f"FINDING#{rule.account}#{rule.region}#{rule.rule_id or rule.group_id}",
+                    "sk": "ALERT-ONLY",
+                    "rule": rule.summary(),
+                    "group_id": rule.group_id,
+                    "reported_at": iso(now),
+                    "expires_at": int((now + timedelta(days=self.remind_days)).timestamp()),
+                },
+                # DynamoDB's TTL deletes lazily: an expired item counts as gone.
+                ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
+                ExpressionAttributeValues={":now": int(now.timestamp())},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+
+def enforce(
+    ec2: Any,
+    verdicts: list[Verdict],
+    report_only: bool = False,
+    findings: FindingBook | None = None,
+    now: datetime | None = None,
+) -> list[Outcome]:
     outcomes = [Outcome(v, "exempt") for v in verdicts if v.action == "exempt"]
-    outcomes += [Outcome(v, "alerted") for v in verdicts if v.action == "alert"]
+    for v in (v for v in verdicts if v.action == "alert"):
+        known = findings is not None and not findings.first_report(v.rule, now or datetime.now(UTC))
+        outcomes.append(Outcome(v, "known" if known else "alerted"))
     to_revoke = [v for v in verdicts if v.action == "revoke"]
     if report_only:
         outcomes += [Outcome(v, "would-revoke") for v in to_revoke]
@@ -253,6 +292,7 @@ def remediate_event(
     broker: SessionBroker,
     policy: SgPolicy,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    findings: FindingBook | None = None,
 ) -> Remediation:
     """Act on one EventBridge "AWS API Call via CloudTrail" event, in the account/region it came from."""
     event_id = event.get("id") or "(no id)"
@@ -284,7 +324,8 @@ def remediate_event(
         result.ignored = str(exc)
         return result
     result.checked = len(rules)
-    result.outcomes = enforce(ec2, judge(ec2, policy, rules, clock().date()))
+    now = clock()
+    result.outcomes = enforce(ec2, judge(ec2, policy, rules, now.date()), findings=findings, now=now)
     return result
 
 
@@ -371,7 +412,7 @@ def handle_event(
 ) -> dict[str, Any]:
     """Remediate, record (one ledger write), and notify when something was revoked, found or failed."""
     try:
-        rem = remediate_event(event, broker, policy, clock)
+        rem = remediate_event(event, broker, policy, clock, FindingBook(ledger.table))
     except AccountAccessError as exc:
         # Recorded, then raised so the event goes to the dead-letter queue for a retry.
         ledger.record_event(
@@ -395,12 +436,14 @@ def handle_event(
 
 
 # ---- the periodic sweep: a scheduled task kind ------------------------------------------------
-def sweep_unit(ec2: Any, ctx: UnitContext, policy: SgPolicy) -> UnitOutcome:
+def sweep_unit(ec2: Any, ctx: UnitContext, policy: SgPolicy, findings: FindingBook | None = None) -> UnitOutcome:
     """Apply the policy to every rule of every group in one account/region (report-only in dry-run)."""
     outcome = UnitOutcome()
     rules = _describe_rules(ec2, ctx.account, ctx.region, PaginationConfig={"PageSize": 1000})
     outcome.counts["rules_checked"] = len(rules)
-    for o in enforce(ec2, judge(ec2, policy, rules, ctx.now().date()), report_only=ctx.dry_run):
+    now = ctx.now()
+    verdicts = judge(ec2, policy, rules, now.date())
+    for o in enforce(ec2, verdicts, report_only=ctx.dry_run, findings=findings, now=now):
         key = o.result.replace("-", "_")
         outcome.counts[key] += 1
         rule = o.verdict.rule

@@ -357,3 +357,14 @@ def test_latency_is_measured_from_event_time(sg):
     event["detail"]["eventTime"] = (NOW - timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
     result = sg.handle(event)
     assert sg.ledger.get_run(result["run_id"])["latency_seconds"] == 4.0
+
+
+def test_alert_only_finding_from_two_events_alerts_once(sg):
+    group = sg.group()
+    event = record("authorize_sg_ingress_legacy")
+    event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = "0.0.0.0/4"
+    sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
+    first = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
+    second = sg.handle(readdress(event, ACCOUNT_A, REGION, group, event_id="another-event-same-rule"))
+    assert first["counts"]["alerted"] == 1 and second["counts"]["known"] == 1
+    assert len(sg.slack.messages()) == 1

@@ -87,3 +87,27 @@ def test_report_only_after_change_can_be_switched_off(ledger, fleet, broker, mem
     result = sweep(ledger, fleet, broker, None, text)
     assert result["dry_run"] is False and result["counts"]["revoked"] == 1
     assert world_rules(a, ssh) == 0
+
+
+def test_an_alert_only_finding_is_announced_once_not_every_sweep(ledger, fleet, broker, member):
+    a = member(ACCOUNT_A).ec2
+    broad = open_group(a, "vendor-ssh", "0.0.0.0/4")  # alert-only: broader than /8, not the world
+    text = POLICY_TEXT.replace(
+        "sweep_report_only_after_rules_change: true", "sweep_report_only_after_rules_change: false"
+    )
+    kinds = task_kinds(load_policy("rules/security_groups.yaml", text), ledger)
+    with SlackStandIn("xoxb-t") as slack:
+        notifier = Notifier(slack=WebClient("xoxb-t", base_url=slack.base_url), slack_channel="#sec")
+        results = []
+        for hour in range(3):
+            plan = plan_run(
+                ledger, fleet, TASKS, "sg-sweep", Trigger("schedule"), WHEN + timedelta(hours=hour), kinds=kinds
+            )
+            results.append(run_now(plan, TASKS, broker, ledger, notifier, kinds=kinds))
+        messages = slack.messages()
+    assert [r["counts"].get("alerted", 0) for r in results] == [1, 0, 0]
+    assert [r["counts"].get("known", 0) for r in results] == [0, 1, 1]
+    (message,) = messages
+    assert broad in str(message["blocks"]) and "1 alert-only" in message["blocks"][0]["text"]["text"]
+    rules = a.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [broad]}])["SecurityGroupRules"]
+    assert [r.get("CidrIpv4") for r in rules if not r["IsEgress"]] == ["0.0.0.0/4"]  # alert-only: left in place
