@@ -44,7 +44,7 @@ from automations.lambda_concurrency import measure_lambda_concurrency
 from automations.ledger import Action, Ledger
 from automations.notify import Notifier
 from automations.quotas import measure_service_quotas
-from automations.runs import Plan, Trigger
+from automations.runs import Plan, Trigger, tally_units
 from automations.schedules import slot_label
 
 log = logging.getLogger(__name__)
@@ -322,16 +322,7 @@ def close_check(
     for u in units:
         counts.update(u.get("counts", {}))
         counts["metric_calls"] += int(u.get("metric_calls") or 0)
-    by_status = Counter(u["status"] for u in units)
-    if missing:
-        by_status[L.FAILED] += len(missing)
-    total = len(units) + len(missing)
-    if total == 0 or by_status[L.SUCCEEDED] == total:
-        status = L.SUCCEEDED
-    elif by_status[L.FAILED] == total:
-        status = L.FAILED
-    else:
-        status = L.PARTIAL
+    status, by_status, total = tally_units(units, missing)
     failures = [f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED]
     for planned in missing:
         account, region = planned.split("/")

@@ -237,6 +237,19 @@ def run_unit(
     return {"account": unit.account, "region": unit.region, **summary}
 
 
+def tally_units(units: list[dict[str, Any]], missing: list[str]) -> tuple[str, Counter[str], int]:
+    """A run's status from its unit records; planned units with no record count as failed."""
+    by_status = Counter(u["status"] for u in units)
+    if missing:
+        by_status[L.FAILED] += len(missing)
+    total = len(units) + len(missing)
+    if total == 0 or by_status[L.SUCCEEDED] == total:
+        return L.SUCCEEDED, by_status, total
+    if by_status[L.FAILED] == total:
+        return L.FAILED, by_status, total
+    return L.PARTIAL, by_status, total
+
+
 def close_run(run_id: str, ledger: Ledger, notifier: Notifier | None, reason: str | None = None) -> dict[str, Any]:
     """Derive the run's status from its unit records, close it, and notify when it did not succeed.
 
@@ -264,16 +277,7 @@ def close_run(run_id: str, ledger: Ledger, notifier: Notifier | None, reason: st
         counts.update(u.get("counts", {}))
         for name, samples in u.get("unknown_tasks", {}).items():
             unknown.setdefault(name, []).extend(samples)
-    by_status = Counter(u["status"] for u in units)
-    if missing:
-        by_status[L.FAILED] += len(missing)
-    total = len(units) + len(missing)
-    if total == 0 or by_status[L.SUCCEEDED] == total:
-        status = L.SUCCEEDED
-    elif by_status[L.FAILED] == total:
-        status = L.FAILED
-    else:
-        status = L.PARTIAL
+    status, by_status, total = tally_units(units, missing)
     failures = [f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED]
     failures += [f"{m}: no result recorded{f' ({reason})' if reason else ''}" for m in missing]
     # The run is one DynamoDB item (400 KB) and one SNS message (256 KB): keep counts whole, lists short.

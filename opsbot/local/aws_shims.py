@@ -113,7 +113,8 @@ def _quota(entry: dict[str, Any], service: str, service_name: str, arn: str, val
 
 
 # ---- servicequotas ------------------------------------------------------------------------------
-def _list_aws_default_service_quotas(self: Any) -> str:
+def _request_for_service(self: Any) -> tuple[dict[str, Any], str, str, list[dict[str, Any]]]:
+    """The request's parameters, its ServiceCode, and that service's name and quotas (or NoSuchResource)."""
     params = json.loads(self.body or "{}")
     service = str(params.get("ServiceCode"))
     known = _service_quotas(service)
@@ -122,6 +123,11 @@ def _list_aws_default_service_quotas(self: Any) -> str:
 
         raise NoSuchResource()
     name, quotas = known
+    return params, service, name, quotas
+
+
+def _list_aws_default_service_quotas(self: Any) -> str:
+    params, service, name, quotas = _request_for_service(self)
     items = [
         # Default values have no account in their ARN (AWS CLI reference example).
         _quota(q, service, name, f"arn:aws:servicequotas:{self.region}::{service}/{q['QuotaCode']}", float(q["Value"]))
@@ -131,14 +137,7 @@ def _list_aws_default_service_quotas(self: Any) -> str:
 
 
 def _list_service_quotas(self: Any) -> str:
-    params = json.loads(self.body or "{}")
-    service = str(params.get("ServiceCode"))
-    known = _service_quotas(service)
-    if known is None:
-        from moto.servicequotas.exceptions import NoSuchResource
-
-        raise NoSuchResource()
-    name, quotas = known
+    params, service, name, quotas = _request_for_service(self)
     applied = _applied(self.backend)
     items = [
         _quota(
