@@ -120,11 +120,11 @@ def seed(endpoint: str, per_unit: int) -> None:
 
 def run_check(rules_dir: str) -> None:
     """The measured process: what the state machine's plan/units/close do for one scheduled check."""
-    from automations.breach_alerts import AlertBook
-    from automations.breach_checks import plan_check, run_checks_now
-    from automations.breach_rules import load_breach_rules
-    from automations.runs import Trigger
-    from automations.runtime import Settings, build_runtime
+    from automations.breach_checks.alerts import AlertBook
+    from automations.breach_checks.checks import plan_check, run_checks_now
+    from automations.breach_checks.rules import load_breach_rules
+    from automations.core.runs import Trigger
+    from automations.core.runtime import Settings, build_runtime
 
     calls = {"GetMetricData": 0, "other": 0}
 

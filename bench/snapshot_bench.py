@@ -79,8 +79,8 @@ def peak_rss_mb() -> float:
 
 def run_task(rules_dir: str) -> None:
     """The measured process: what a Lambda (or the local runner) does for one run."""
-    from automations.runs import Trigger, plan_run, run_now
-    from automations.runtime import Settings, build_runtime
+    from automations.core.runs import Trigger, plan_run, run_now
+    from automations.core.runtime import Settings, build_runtime
 
     calls = {"ec2": 0, "other": 0}
 

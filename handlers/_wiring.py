@@ -11,8 +11,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-from automations.notify import Notifier
-from automations.runtime import Runtime, Settings, build_notifier, build_runtime
+from automations.core.notify import Notifier
+from automations.core.runtime import Runtime, Settings, build_notifier, build_runtime
 
 logger = Logger()
 tracer = Tracer()

@@ -3,20 +3,19 @@ Idempotent on the event id; a failure raises so retries and then the dead-letter
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations.kill_switch_policies import Policy, load_policies, on_alarm_event, policy_alert
-from automations.kill_switches import Switchboard
+from automations.core import iam
+from automations.kill_switches.policies import POLICIES_FILE, on_alarm_event, policy_alert
+from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS, Switchboard
 from handlers._wiring import idempotency_store, logger, notifier, runtime, tracer
 
-
-@cache
-def _policies() -> tuple[Policy, ...]:
-    return load_policies(runtime().settings.rules_dir / "kill_switches.yaml")
+PERMISSIONS = {
+    "handler": SWITCHBOARD_GRANTS | iam.IDEMPOTENCY_STORE | iam.NOTIFY | iam.READ_FLEET | iam.ASSUME_MEMBER_ROLE,
+}
 
 
 @logger.inject_lambda_context(correlation_id_path="id")
@@ -24,7 +23,7 @@ def _policies() -> tuple[Policy, ...]:
 @idempotent(config=IdempotencyConfig(event_key_jmespath="id"), persistence_store=idempotency_store())
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
-    results = on_alarm_event(event, _policies(), Switchboard(rt.ledger.table, rt.broker.client))
+    results = on_alarm_event(event, rt.rules.get(POLICIES_FILE), Switchboard(rt.ledger.table, rt.broker.client))
     if alert := policy_alert(event, results):
         notifier().send(alert)
     return {"results": [{"target": str(r.target), "outcome": r.outcome} for r in results]}

@@ -8,28 +8,39 @@ store: every alert change is a conditional write, so a repeated unit finds nothi
 
 from __future__ import annotations
 
-from datetime import datetime
-from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations.breach_alerts import AlertBook
-from automations.breach_checks import CheckUnit, close_check, plan_check, run_check_unit
-from automations.breach_rules import BreachRules, load_breach_rules
-from automations.deadline import Deadline
-from automations.runs import Trigger
+from automations.breach_checks.alerts import ALERT_STATE_GRANTS, AlertBook
+from automations.breach_checks.checks import close_check, plan_check, run_check_unit
+from automations.breach_checks.kinds import CHECK_KINDS
+from automations.breach_checks.rules import QUOTAS_FILE, BreachRules
+from automations.core import iam
+from automations.core.clock import parse_time
+from automations.core.deadline import Deadline
+from automations.core.runs import Trigger, Unit
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
 
 # Stop before starting when 20 s are left: enough to record the unit (and its failure alert).
 TIMEOUT_MARGIN_MS = 20_000
+PERMISSIONS = {
+    "plan": iam.LEDGER_OPEN_RUN | iam.IDEMPOTENCY_STORE | iam.READ_FLEET,
+    "unit": iam.LEDGER_RECORD_UNIT
+    | ALERT_STATE_GRANTS
+    | iam.NOTIFY
+    | iam.READ_FLEET
+    | iam.ASSUME_MEMBER_ROLE
+    | frozenset(g for kind in CHECK_KINDS for g in kind.hub_grants),
+    # A planned unit with no record opens its "cannot check" alert.
+    "close": iam.LEDGER_CLOSE_RUN | ALERT_STATE_GRANTS | iam.NOTIFY | iam.READ_FLEET,
+}
 
 
-@cache
 def rules() -> BreachRules:
-    return load_breach_rules(runtime().settings.rules_dir / "quotas.yaml")
+    return runtime().rules.get(QUOTAS_FILE)
 
 
 def book() -> AlertBook:
@@ -43,8 +54,7 @@ def book() -> AlertBook:
 def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     trigger = Trigger(type="schedule", event_id=event.get("id"), event_time=event.get("time"))
-    when = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
-    result = plan_check(rt.ledger, rt.fleet, rules(), event["check"], trigger, when).as_dict()
+    result = plan_check(rt.ledger, rt.fleet, rules(), event["check"], trigger, parse_time(event["time"])).as_dict()
     logger.info("planned check", extra={"run_id": result["run_id"], "units": len(result["units"])})
     return result
 
@@ -55,7 +65,7 @@ def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     summary = run_check_unit(
-        CheckUnit.from_dict(event),
+        Unit.from_dict(event),
         rules=rules(),
         fleet=rt.fleet,
         broker=rt.broker,

@@ -12,9 +12,14 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations.kill_switches import Switchboard
-from automations.slack_interactions import complete
+from automations.core import iam
+from automations.kill_switches.slack_buttons import complete
+from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS, Switchboard
 from handlers._wiring import idempotency_store, logger, runtime, tracer
+
+PERMISSIONS = {
+    "handler": SWITCHBOARD_GRANTS | iam.IDEMPOTENCY_STORE | iam.READ_FLEET | iam.ASSUME_MEMBER_ROLE,
+}
 
 processor = BatchProcessor(event_type=EventType.SQS)
 idempotency = IdempotencyConfig(event_key_jmespath="request_id")

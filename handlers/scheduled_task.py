@@ -7,19 +7,29 @@ a unit is idempotent on (run, account, region) so a retried Map branch does not 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations.deadline import Deadline
-from automations.runs import Trigger, Unit, close_run, plan_run, run_unit
+from automations import catalog
+from automations.core import iam
+from automations.core.clock import parse_time
+from automations.core.deadline import Deadline
+from automations.core.runs import Trigger, Unit, close_run, plan_run, run_unit
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
 
 # Stop starting new volumes when 30 s are left: enough to flush the ledger and record the unit.
 TIMEOUT_MARGIN_MS = 30_000
+_KIND_GRANTS = frozenset(g for kind in catalog.TASK_KINDS for g in kind.hub_grants)
+PERMISSIONS = {
+    # A report-only first sweep is decided at plan time: it reads and swaps the rules digest.
+    "plan": iam.LEDGER_OPEN_RUN | iam.IDEMPOTENCY_STORE | iam.READ_FLEET,
+    # Units record RUNNING, their actions and their summary (the sweep's findings are conditional puts).
+    "unit": iam.LEDGER_RECORD_UNIT | iam.IDEMPOTENCY_STORE | iam.READ_FLEET | iam.ASSUME_MEMBER_ROLE | _KIND_GRANTS,
+    "close": iam.LEDGER_CLOSE_RUN | iam.NOTIFY | iam.READ_FLEET,
+}
 
 
 @logger.inject_lambda_context
@@ -28,8 +38,9 @@ TIMEOUT_MARGIN_MS = 30_000
 def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     trigger = Trigger(type="schedule", event_id=event.get("id"), event_time=event.get("time"))
-    when = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
-    result = plan_run(rt.ledger, rt.fleet, rt.tasks, event["task"], trigger, when, kinds=rt.kinds).as_dict()
+    result = plan_run(
+        rt.ledger, rt.fleet, rt.tasks, event["task"], trigger, parse_time(event["time"]), rules=rt.rules
+    ).as_dict()
     logger.info("planned run", extra={"run_id": result["run_id"], "units": len(result["units"])})
     return result
 
@@ -44,7 +55,7 @@ def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     deadline = Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS)
-    summary = run_unit(Unit.from_dict(event), rt.tasks, rt.broker, rt.ledger, deadline, kinds=rt.kinds)
+    summary = run_unit(Unit.from_dict(event), rt.tasks, rt.broker, rt.ledger, deadline, rules=rt.rules)
     for name in ("created", "deleted", "failed"):
         metrics.add_metric(name=f"Snapshots{name.title()}", unit=MetricUnit.Count, value=summary["counts"].get(name, 0))
     return summary
@@ -56,5 +67,5 @@ def close(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     # The state machine passes the Map's error (if the Map itself failed) so the record says why.
     reason = (event.get("error") or {}).get("Error")
-    run = close_run(event["run_id"], rt.ledger, notifier(), reason=reason)
+    run = close_run(event["run_id"], rt.ledger, notifier(), reason=reason, rules=rt.rules)
     return {"run_id": run["run_id"], "status": run["status"], "counts": run.get("counts", {})}

@@ -14,8 +14,20 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations.sg_remediation import EventError, handle_event
+from automations.core import iam
+from automations.security_groups.enforcement import FINDINGS_GRANTS
+from automations.security_groups.policy import POLICY_FILE
+from automations.security_groups.remediation import EventError, handle_event
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
+
+PERMISSIONS = {
+    "handler": iam.LEDGER_RECORD_EVENT
+    | FINDINGS_GRANTS
+    | iam.IDEMPOTENCY_STORE
+    | iam.NOTIFY
+    | iam.READ_FLEET
+    | iam.ASSUME_MEMBER_ROLE,
+}
 
 
 @logger.inject_lambda_context(correlation_id_path="id")
@@ -27,9 +39,9 @@ from handlers._wiring import idempotency_store, logger, metrics, notifier, runti
 )
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
-    if rt.sg_policy is None:
+    if not rt.rules.exists(POLICY_FILE):
         raise EventError(f"event {event.get('id')}: no rules/security_groups.yaml in the package")
-    result = handle_event(event, rt.broker, rt.sg_policy, rt.ledger, notifier())
+    result = handle_event(event, rt.broker, rt.rules.get(POLICY_FILE), rt.ledger, notifier())
     for name in ("revoked", "alerted", "failed"):
         metrics.add_metric(name=f"SgRules{name.title()}", unit=MetricUnit.Count, value=result["counts"].get(name, 0))
     logger.info("security-group event handled", extra=result)

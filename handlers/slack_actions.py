@@ -17,18 +17,24 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations.breach_alerts import AlertBook
-from automations.fleet import CLIENT_CONFIG
-from automations.kill_switches import Switchboard
-from automations.slack_interactions import OnCall, handle_request, load_oncall
+from automations.breach_checks.alerts import AlertBook
+from automations.core import iam
+from automations.core.fleet import CLIENT_CONFIG
+from automations.kill_switches.slack_buttons import ONCALL_FILE, REQUEST_GRANTS, handle_request
+from automations.kill_switches.switchboard import Switchboard
 from handlers._wiring import logger, notifier, runtime, tracer
 
 app = APIGatewayRestResolver()
-
-
-@cache
-def _oncall() -> OnCall:
-    return load_oncall(runtime().settings.rules_dir / "oncall.yaml")
+PERMISSIONS = {
+    # Replay guard (a put per request), the alert and the switch a press names (by-time index).
+    "handler": REQUEST_GRANTS
+    | iam.grants(iam.LEDGER, "dynamodb:GetItem")
+    | iam.LEDGER_LISTS
+    | iam.grants("KillSwitchQueue", "sqs:SendMessage")
+    | iam.grants("SlackSigningSecret", "secretsmanager:GetSecretValue")
+    | iam.grants("SlackBotTokenSecret", "secretsmanager:GetSecretValue")  # on-call user groups
+    | iam.READ_FLEET,
+}
 
 
 @cache
@@ -53,7 +59,7 @@ def slack_actions() -> Response[str]:
         enqueue=_enqueue,
         signing_secret=str(parameters.get_secret(os.environ["OPSBOT_SLACK_SIGNING_SECRET_NAME"], max_age=300)),
         table=rt.ledger.table,
-        oncall=_oncall(),
+        oncall=rt.rules.get(ONCALL_FILE),
         slack=notifier().slack,
         lookup_alert=AlertBook(rt.ledger.table).get,
         board=Switchboard(rt.ledger.table, rt.broker.client),

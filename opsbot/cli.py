@@ -10,14 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from automations.kill_switches import describe
-from automations.ledger import Ledger
-from automations.rulebook import Problem, RulebookError
-from automations.runs import TaskError, Trigger, plan_run, run_now
-from automations.runtime import DEFAULT_RULES_DIR, Runtime, Settings, build_notifier, build_runtime
+from automations.core.clock import parse_time
+from automations.core.ledger import Ledger
+from automations.core.rulebook import Problem, RulebookError
+from automations.core.runs import RunError, Trigger, plan_run, run_now
+from automations.core.runtime import DEFAULT_RULES_DIR, Runtime, Settings, build_notifier, build_runtime
+from automations.kill_switches.switchboard import describe
 from opsbot import environment
 from opsbot.cfn import PROJECT_ROOT, load_template, resources_of_type
-from opsbot.tables import table
+from opsbot.tables import table, took
 
 TEMPLATE = PROJECT_ROOT / "template.yaml"
 
@@ -63,32 +64,25 @@ def schedule_problems(tasks: dict[str, Any], template_path: Path = TEMPLATE) -> 
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from automations.fleet import load_fleet
-    from automations.tasks import load_tasks
+    from automations.catalog import RULE_FILES
+    from automations.core.tasks import TASKS_FILE
 
     rules_dir = Path(args.rules)
     problems: list[Problem] = []
     tasks: dict[str, Any] = {}
-    from automations.breach_rules import load_breach_rules
-    from automations.sg_policy import load_policy
-
-    optional = {"security_groups.yaml", "quotas.yaml"}
-    for loader, file in (
-        (load_fleet, "fleet.yaml"),
-        (load_tasks, "tasks.yaml"),
-        (load_policy, "security_groups.yaml"),
-        (load_breach_rules, "quotas.yaml"),
-    ):
-        if file in optional and not (rules_dir / file).exists():
+    for rule_file, required in RULE_FILES:
+        path = rules_dir / rule_file.name
+        if not path.exists():
+            if required:
+                problems.append(Problem(str(path), 1, "missing: no such file"))
             continue
         try:
-            loaded = loader(rules_dir / file)
-            if file == "tasks.yaml":
-                tasks = loaded  # type: ignore[assignment]
+            loaded = rule_file.load(path)
         except RulebookError as exc:
             problems.extend(exc.problems)
-        except FileNotFoundError as exc:
-            problems.append(Problem(str(rules_dir / file), 1, f"missing: {exc.strerror}"))
+            continue
+        if rule_file is TASKS_FILE:
+            tasks = loaded
     if tasks and TEMPLATE.exists():
         problems.extend(schedule_problems(tasks))
     for p in problems:
@@ -129,7 +123,11 @@ def _caller() -> str:
 # ---- run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     rt = _runtime()
-    when = datetime.fromisoformat(args.slot.replace("Z", "+00:00")) if args.slot else datetime.now(UTC)
+    try:
+        when = parse_time(args.slot) if args.slot else datetime.now(UTC)
+    except ValueError:
+        print(f"error: --slot {args.slot!r} is not a time; give UTC like 2026-11-25T03:00Z", file=sys.stderr)
+        return 2
     trigger = Trigger(type="cli", principal=_caller(), event_time=when.isoformat())
     try:
         plan = plan_run(
@@ -142,25 +140,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             accounts=args.account or None,
             regions=args.region or None,
             dry_run=True if args.dry_run else None,
-            kinds=rt.kinds,
+            rules=rt.rules,
         )
-    except TaskError as exc:
+    except RunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = run_now(plan, rt.tasks, rt.broker, rt.ledger, _notifier(rt.settings), kinds=rt.kinds)
+    run = run_now(plan, rt.tasks, rt.broker, rt.ledger, _notifier(rt.settings), rules=rt.rules)
     print(runs_table([run]))
     return 0 if run["status"] == "SUCCEEDED" else 1
 
 
 # ---- runs ----------------------------------------------------------------------------------
-def _duration(run: dict[str, Any]) -> str:
-    if not run.get("ended_at"):
-        return "-"
-    start = datetime.fromisoformat(run["started_at"].replace("Z", "+00:00"))
-    end = datetime.fromisoformat(run["ended_at"].replace("Z", "+00:00"))
-    return f"{(end - start).total_seconds():.0f}s"
-
-
 def runs_table(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
@@ -173,7 +163,7 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
                 r.get("trigger", {}).get("type"),
                 r["status"] + (" (dry run)" if r.get("dry_run") else ""),
                 r["started_at"],
-                _duration(r),
+                took(r),
                 c.get("created", c.get("would_create", 0)),
                 c.get("skipped_existing", 0),
                 c.get("deleted", c.get("would_delete", 0)),
@@ -203,7 +193,7 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
 def show_run(ledger: Ledger, run_id: str) -> str:
     run = ledger.get_run(run_id)
     if run is None:
-        raise TaskError(f"no run {run_id!r}")
+        raise RunError(f"no run {run_id!r}")
     out = [runs_table([run]), ""]
     out.append(
         table(
@@ -263,7 +253,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return 2
         try:
             print(show_run(rt.ledger, args.run_id))
-        except TaskError as exc:
+        except RunError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
@@ -273,7 +263,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 # ---- kill switches and pause --------------------------------------------------------------------
 def _switchboard(rt: Runtime, hub: bool = False) -> Any:
-    from automations.kill_switches import Switchboard
+    from automations.kill_switches.switchboard import Switchboard
 
     if hub:  # opsbot's own rules live in the hub: the operator's own session, no assumed role
         session: Any = environment.session()
@@ -284,14 +274,14 @@ def _switchboard(rt: Runtime, hub: bool = False) -> Any:
 
 
 def _cli_actor() -> Any:
-    from automations.kill_switches import Actor
+    from automations.kill_switches.switchboard import Actor
 
     caller = _caller()
     return Actor("cli", caller, caller.rsplit("/", 1)[-1])
 
 
 def cmd_killswitch(args: argparse.Namespace) -> int:
-    from automations.kill_switches import SwitchError, Target
+    from automations.kill_switches.switchboard import SwitchError, Target
 
     rt = _runtime()
     board = _switchboard(rt)
@@ -334,7 +324,7 @@ def cmd_killswitch(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    from automations import pause as pausing
+    from automations.kill_switches import pause as pausing
 
     rt = _runtime()
     board = _switchboard(rt, hub=True)

@@ -10,23 +10,16 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from automations.breach_alerts import AlertBook
-from automations.breach_checks import CHECKS, plan_check, recent_check_runs, run_checks_now
-from automations.breach_rules import BreachRules, load_breach_rules
-from automations.notify import Notifier
-from automations.runs import Trigger
-from automations.runtime import Runtime
-from opsbot.tables import table
+from automations.breach_checks.alerts import AlertBook
+from automations.breach_checks.checks import plan_check, recent_check_runs, run_checks_now
+from automations.breach_checks.kinds import CHECK_KINDS
+from automations.breach_checks.rules import BreachRules, load_breach_rules
+from automations.core.notify import Notifier
+from automations.core.runs import Trigger
+from automations.core.runtime import Runtime
+from opsbot.tables import table, took
 
 LEVELS = ("critical", "warning", "hold", "clear", "no_data")
-
-
-def _took(run: Mapping[str, Any]) -> str:
-    if not run.get("ended_at"):
-        return "-"
-    start = datetime.fromisoformat(run["started_at"].replace("Z", "+00:00"))
-    end = datetime.fromisoformat(run["ended_at"].replace("Z", "+00:00"))
-    return f"{(end - start).total_seconds():.0f}s"
 
 
 def check_runs_table(runs: Iterable[Mapping[str, Any]]) -> str:
@@ -38,7 +31,7 @@ def check_runs_table(runs: Iterable[Mapping[str, Any]]) -> str:
                 r["run_id"],
                 r["status"],
                 r["started_at"],
-                _took(r),
+                took(r),
                 f"{u.get('succeeded', 0)}/{u.get('total', 0)}" if u else "-",
                 sum(c.get(level, 0) for level in LEVELS),
                 c.get("warning", 0),
@@ -127,7 +120,7 @@ def load_rules(rt: Runtime) -> BreachRules:
 
 
 def quotas_check(rt: Runtime, notifier: Notifier | None, principal: str, args: Any) -> int:
-    checks = [args.check] if args.check else list(CHECKS)
+    checks = [args.check] if args.check else CHECK_KINDS.names()
     runs = run_checks(
         rt,
         load_rules(rt),

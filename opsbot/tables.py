@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from automations.core.clock import seconds_between
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -11,3 +14,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def took(run: Mapping[str, Any]) -> str:
+    """How long a run took, for a table ("-" while it runs)."""
+    seconds = seconds_between(run.get("started_at"), run.get("ended_at"))
+    return "-" if seconds is None else f"{seconds:.0f}s"

@@ -18,9 +18,9 @@ from typing import Any
 import boto3
 import pytest
 
-from automations.breach_alerts import AlertBook
-from automations.breach_rules import BreachRules, load_breach_rules
-from automations.notify import Notifier
+from automations.breach_checks.alerts import AlertBook
+from automations.breach_checks.rules import BreachRules, load_breach_rules
+from automations.core.notify import Notifier
 from opsbot.local.aws_shims import shims
 
 RULES = """

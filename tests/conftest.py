@@ -30,9 +30,10 @@ os.environ.update(
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
 
-from automations.fleet import Fleet, MemberAccount, SessionBroker
-from automations.ledger import Ledger
-from automations.tasks import TaskDefinition, load_tasks
+from automations import catalog  # noqa: F401  (registers every kind, as the handlers and the CLI do)
+from automations.core.fleet import Fleet, MemberAccount, SessionBroker
+from automations.core.ledger import Ledger
+from automations.core.tasks import TaskDefinition, load_tasks
 from opsbot.local.hub import LEDGER_TABLE, create_tables
 
 # Breach-flag fixtures (shimmed, inbox, book), registered here so pytest rewrites their asserts.

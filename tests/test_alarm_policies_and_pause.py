@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from automations import pause as pausing
-from automations.kill_switch_policies import load_policies, on_alarm_event
-from automations.kill_switches import Actor, Switchboard
-from automations.rulebook import RulebookError
+from automations.core.rulebook import RulebookError
+from automations.kill_switches import pause as pausing
+from automations.kill_switches.policies import load_policies, on_alarm_event
+from automations.kill_switches.switchboard import Actor, Switchboard
 from tests.conftest import ACCOUNT_A, FIXTURES
 from tests.test_kill_switches import _zip
 
@@ -89,7 +89,7 @@ def test_pinned_policy_ignores_same_named_alarms_elsewhere_and_ok_spares_a_human
     elsewhere["account"] = "999999999999"  # a sandbox's alarm of the same name (StackSets)
     assert on_alarm_event(elsewhere, pinned, board) == []
     human = Actor("slack", "U0ONCALL", "dana")
-    from automations.kill_switches import Target
+    from automations.kill_switches.switchboard import Target
 
     board.flip(Target("lambda", "orders-consumer", ACCOUNT_A, REGION), human)
     assert on_alarm_event(alarm_event("OK", "ALARM"), pinned, board) == []  # not the policy's flip

@@ -39,8 +39,7 @@ def handler(shimmed, hub_session, inbox, tmp_path, monkeypatch) -> Any:
     from handlers import _wiring, check_quotas
 
     def clear() -> None:
-        _wiring.reset()
-        check_quotas.rules.cache_clear()
+        _wiring.reset()  # the runtime, and with it the rules it loaded
         if hasattr(_wiring, "_notifier_for"):
             _wiring._notifier_for.cache_clear()
 
@@ -61,7 +60,7 @@ def test_plan_units_close_with_retries_and_duplicates(handler, broker, inbox):
     # Scheduler retries the same scheduled time with another execution id: the same plan comes back.
     again = handler.plan(scheduler_input("lambda-concurrency", now, "e41d6leedg6cc9d4"), FakeLambdaContext())
     assert again["run_id"] == plan["run_id"] and len(plan["units"]) == 4
-    assert [u["include_global"] for u in plan["units"]] == [True, False, True, False]
+    assert [u["primary"] for u in plan["units"]] == [True, False, True, False]
 
     first = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]
     retried = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]  # a retried Map branch

@@ -7,8 +7,10 @@ from typing import Any
 
 from freezegun import freeze_time
 
-from automations.breach_alerts import OPEN, RESOLVED, AlertBook, Level, Measurement, alert_message
-from automations.breach_rules import Thresholds
+from automations.breach_checks.alerts import OPEN, RESOLVED, AlertBook, Level
+from automations.breach_checks.kinds import Measurement
+from automations.breach_checks.messages import alert_message
+from automations.breach_checks.rules import Thresholds
 
 ACCOUNT, REGION = "210987654321", "us-east-1"
 KEY = "servicequotas/ec2/L-1216C47A"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from automations.breach_rules import Thresholds, load_breach_rules
-from automations.rulebook import RulebookError
+from automations.breach_checks.rules import Thresholds, load_breach_rules
+from automations.core.rulebook import RulebookError
 from opsbot.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def test_shipped_rules_are_valid_and_default_to_80_and_95():
     rules = load_breach_rules(ROOT / "rules" / "quotas.yaml")
     default = rules.thresholds("210987654321", "vpc", "L-F678F1CE")
     assert (default.warn_percent, default.critical_percent) == (80, 95)
-    assert rules.lambda_concurrency.enabled and rules.service_quotas.enabled
+    assert rules.enabled("lambda-concurrency") and rules.enabled("service-quotas")
     assert load_breach_rules("q.yaml", "thresholds: {}\n").defaults == Thresholds()
 
 

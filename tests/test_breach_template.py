@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from automations.breach_checks import CHECKS
-from automations.schedules import validate
+from automations.breach_checks.kinds import CHECK_KINDS
+from automations.core.schedules import validate
 from opsbot.local.seed import member_role_actions
-from tests.test_templates import as_list, load_cfn, resources, states_of
+from tests.test_templates import as_list, definition_of, load_cfn, resources, states_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def test_one_schedule_per_check_with_configurable_expressions(hub: dict[str, Any
     schedules = {
         s["Metadata"]["opsbot"]["check"]: s["Properties"] for s in resources(hub, "AWS::Scheduler::Schedule").values()
     }
-    assert sorted(schedules) == sorted(CHECKS)
+    assert sorted(schedules) == sorted(CHECK_KINDS.names())
     parameters = {"lambda-concurrency": "LambdaConcurrencyCheckSchedule", "service-quotas": "ServiceQuotaCheckSchedule"}
     for check, props in schedules.items():
         parameter = parameters[check]
@@ -70,7 +70,7 @@ def test_schedule_role_starts_only_the_breach_check_machine(hub: dict[str, Any])
 
 def test_state_machine_wiring(hub: dict[str, Any]) -> None:
     machine = hub["Resources"]["BreachCheckStateMachine"]["Properties"]
-    definition, substitutions = machine["Definition"], machine["DefinitionSubstitutions"]
+    definition, substitutions = definition_of(machine), machine["DefinitionSubstitutions"]
     assert set(re.findall(r"\$\{(\w+)\}", json.dumps(definition))) == set(substitutions)
     states = states_of(definition)
     for name, state in states.items():
@@ -84,7 +84,7 @@ def test_state_machine_wiring(hub: dict[str, Any]) -> None:
     assert invoked == {"Plan": "CheckPlanFunction", "RunUnit": "CheckUnitFunction", "Close": "CheckCloseFunction"}
     allowed = {p["LambdaInvokePolicy"]["FunctionName"]["Ref"] for p in machine["Policies"] if "LambdaInvokePolicy" in p}
     assert allowed == set(invoked.values())
-    assert states["Plan"]["Parameters"]["Payload"] == {"check.$": "$.check", "id.$": "$.id", "time.$": "$.time"}
+    assert states["Plan"]["Parameters"]["Payload.$"] == "$"  # the schedule's {"check", "id", "time"}
     assert states["RunUnits"]["ItemsPath"] == "$.plan.units"
     assert states["RunUnits"]["MaxConcurrencyPath"] == "$.plan.max_concurrency"
     assert states["Close"]["Parameters"]["Payload"] == {"run_id.$": "$.plan.run_id", "error.$": "$.error"}
@@ -110,11 +110,12 @@ def _calls(code: str) -> set[str]:
     )
 
 
-def test_member_role_grants_exactly_what_the_checks_call(member: dict[str, Any]) -> None:
+def test_the_checks_declare_exactly_the_calls_they_make(member: dict[str, Any]) -> None:
+    package = ROOT / "automations" / "breach_checks"
     code = {
-        "lambda": (ROOT / "automations" / "lambda_concurrency.py").read_text(encoding="utf-8"),
-        "servicequotas": (ROOT / "automations" / "quotas.py").read_text(encoding="utf-8"),
-        "cloudwatch": (ROOT / "automations" / "metric_queries.py").read_text(encoding="utf-8"),
+        "lambda": (package / "lambda_concurrency.py").read_text(encoding="utf-8"),
+        "servicequotas": (package / "service_quotas.py").read_text(encoding="utf-8"),
+        "cloudwatch": (package / "metric_queries.py").read_text(encoding="utf-8"),
     }
     needed = set()
     for prefix, text in code.items():
@@ -130,10 +131,10 @@ def test_member_role_grants_exactly_what_the_checks_call(member: dict[str, Any])
         "servicequotas:ListAWSDefaultServiceQuotas",
         "cloudwatch:GetMetricData",
     }
+    assert needed == set().union(*(kind.member_actions for kind in CHECK_KINDS))
     role = member["Resources"]["OpsBotExecutionRole"]["Properties"]
     (policy,) = [p for p in role["Policies"] if p["PolicyName"] == "opsbot-breach-checks"]
     statements = policy["PolicyDocument"]["Statement"]
-    assert {a for s in statements for a in as_list(s["Action"])} == needed  # nothing that writes
     (scoped,) = [s for s in statements if s["Resource"] != "*"]
     assert as_list(scoped["Action"]) == ["lambda:GetFunctionConcurrency"]
     assert scoped["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:lambda:*:${AWS::AccountId}:function:*"}

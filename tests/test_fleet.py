@@ -10,11 +10,11 @@ import pytest
 from freezegun import freeze_time
 from moto.core.authorization import enable_iam_authentication
 
-from automations.fleet import SessionBroker, load_fleet
-from automations.ledger import Ledger
-from automations.notify import Notifier
-from automations.rulebook import RulebookError
-from automations.runs import Trigger, plan_run, run_now
+from automations.core.fleet import SessionBroker, load_fleet
+from automations.core.ledger import Ledger
+from automations.core.notify import Notifier
+from automations.core.rulebook import RulebookError
+from automations.core.runs import Trigger, plan_run, run_now
 from opsbot.local.hub import LEDGER_TABLE
 from opsbot.local.seed import _member_session, create_member_role, create_operator
 from opsbot.local.slack_standin import SlackStandIn

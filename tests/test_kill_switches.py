@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from automations.kill_switches import Actor, Switchboard, SwitchError, Target
+from automations.kill_switches.switchboard import Actor, Switchboard, SwitchError, Target
 from tests.conftest import ACCOUNT_A
 
 REGION = "us-east-1"

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from automations.breach_alerts import OPEN, RESOLVED, AlertBook
-from automations.breach_checks import plan_check, run_checks_now
-from automations.lambda_concurrency import ACCOUNT_KEY, function_key
-from automations.runs import Trigger
+from automations.breach_checks.alerts import OPEN, RESOLVED, AlertBook
+from automations.breach_checks.checks import plan_check, run_checks_now
+from automations.breach_checks.lambda_concurrency import ACCOUNT_KEY, function_key
+from automations.core.runs import Trigger
 from tests.breach_support import (
     Inbox,
     create_function,

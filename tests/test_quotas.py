@@ -16,12 +16,12 @@ from moto.cloudwatch.exceptions import CloudWatchException
 from moto.cloudwatch.models import CloudWatchBackend
 from moto.core.authorization import enable_iam_authentication
 
-from automations.breach_alerts import OPEN, AlertBook
-from automations.breach_checks import access_key, plan_check, run_checks_now
-from automations.fleet import SessionBroker
-from automations.ledger import Ledger
-from automations.quotas import _scale, quota_key
-from automations.runs import Trigger
+from automations.breach_checks.alerts import OPEN, AlertBook
+from automations.breach_checks.checks import access_key, plan_check, run_checks_now
+from automations.breach_checks.service_quotas import _scale, quota_key
+from automations.core.fleet import SessionBroker
+from automations.core.ledger import Ledger
+from automations.core.runs import Trigger
 from opsbot.local.aws_shims import CATALOG_ENV
 from opsbot.local.hub import LEDGER_TABLE
 from opsbot.local.seed import _member_session, create_member_role, create_operator

@@ -6,7 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 
-from automations.metric_queries import MAX_DATAPOINTS_PER_CALL, MAX_QUERIES_PER_CALL, MetricQuery, batches, fetch_peaks
+from automations.breach_checks.metric_queries import (
+    MAX_DATAPOINTS_PER_CALL,
+    MAX_QUERIES_PER_CALL,
+    MetricQuery,
+    batches,
+    fetch_peaks,
+)
 
 
 def query(i: int) -> MetricQuery:

@@ -92,7 +92,7 @@ def test_unit_near_timeout_closes_partial(handler, member):
 def test_close_waits_for_a_unit_still_running_and_fails_one_that_died(handler, member):
     from freezegun import freeze_time
 
-    from automations.runs import UnitsStillRunning
+    from automations.core.runs import UnitsStillRunning
     from handlers._wiring import runtime
 
     with freeze_time("2026-11-25 03:01:00"):

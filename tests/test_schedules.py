@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from automations.schedules import ScheduleError, slot_for, slot_label, validate
+from automations.core.schedules import ScheduleError, slot_for, slot_label, validate
 
 
 @pytest.mark.parametrize(

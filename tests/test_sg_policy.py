@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from automations.rulebook import RulebookError
-from automations.sg_policy import SgRule, load_policy
+from automations.core.rulebook import RulebookError
+from automations.security_groups.policy import SgRule, load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = load_policy(ROOT / "rules" / "security_groups.yaml")

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from slack_sdk import WebClient
 
-from automations.fleet import AccountAccessError, Fleet, MemberAccount, SessionBroker
-from automations.notify import Notifier
-from automations.sg_policy import load_policy
-from automations.sg_remediation import handle_event
+from automations.core.fleet import AccountAccessError, Fleet, MemberAccount, SessionBroker
+from automations.core.notify import Notifier
+from automations.security_groups.policy import load_policy
+from automations.security_groups.remediation import handle_event
 from opsbot.local.slack_standin import SlackStandIn
 from tests.conftest import ACCOUNT_A, ROOT_RULES, FakeLambdaContext
 from tests.sg_events import permissions, readdress, record, without_rule_set

@@ -7,9 +7,10 @@ from typing import Any
 
 from slack_sdk import WebClient
 
-from automations.notify import Notifier
-from automations.runs import Trigger, plan_run, run_now, task_kinds
-from automations.sg_policy import load_policy
+from automations.core.notify import Notifier
+from automations.core.rulebook import RuleSource
+from automations.core.runs import Trigger, plan_run, run_now
+from automations.security_groups.policy import load_policy
 from opsbot.local.slack_standin import SlackStandIn
 from tests.conftest import ACCOUNT_A, ACCOUNT_B, ROOT_RULES, make_tasks
 
@@ -39,9 +40,9 @@ def world_rules(ec2: Any, group: str) -> int:
 
 
 def sweep(ledger, fleet, broker, notifier, policy_text=POLICY_TEXT, when=WHEN) -> dict[str, Any]:
-    kinds = task_kinds(load_policy("rules/security_groups.yaml", policy_text))
-    plan = plan_run(ledger, fleet, TASKS, "sg-sweep", Trigger("schedule"), when, kinds=kinds)
-    return run_now(plan, TASKS, broker, ledger, notifier, kinds=kinds)
+    rules = RuleSource(ROOT_RULES, {"security_groups.yaml": load_policy("rules/security_groups.yaml", policy_text)})
+    plan = plan_run(ledger, fleet, TASKS, "sg-sweep", Trigger("schedule"), when, rules=rules)
+    return run_now(plan, TASKS, broker, ledger, notifier, rules=rules)
 
 
 def test_first_sweep_after_a_rules_change_reports_then_the_next_revokes(ledger, fleet, broker, member):
@@ -95,15 +96,15 @@ def test_an_alert_only_finding_is_announced_once_not_every_sweep(ledger, fleet, 
     text = POLICY_TEXT.replace(
         "sweep_report_only_after_rules_change: true", "sweep_report_only_after_rules_change: false"
     )
-    kinds = task_kinds(load_policy("rules/security_groups.yaml", text), ledger)
+    rules = RuleSource(ROOT_RULES, {"security_groups.yaml": load_policy("rules/security_groups.yaml", text)})
     with SlackStandIn("xoxb-t") as slack:
         notifier = Notifier(slack=WebClient("xoxb-t", base_url=slack.base_url), slack_channel="#sec")
         results = []
         for hour in range(3):
             plan = plan_run(
-                ledger, fleet, TASKS, "sg-sweep", Trigger("schedule"), WHEN + timedelta(hours=hour), kinds=kinds
+                ledger, fleet, TASKS, "sg-sweep", Trigger("schedule"), WHEN + timedelta(hours=hour), rules=rules
             )
-            results.append(run_now(plan, TASKS, broker, ledger, notifier, kinds=kinds))
+            results.append(run_now(plan, TASKS, broker, ledger, notifier, rules=rules))
         messages = slack.messages()
     assert [r["counts"].get("alerted", 0) for r in results] == [1, 0, 0]
     assert [r["counts"].get("known", 0) for r in results] == [0, 1, 1]

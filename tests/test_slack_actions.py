@@ -12,11 +12,12 @@ from urllib.parse import urlencode
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
-from automations.breach_alerts import AlertBook, Measurement
-from automations.breach_rules import Thresholds
-from automations.lambda_concurrency import function_key
-from automations.notify import Alert
-from automations.slack_interactions import FLIP, RESTORE, Rejected, verify
+from automations.breach_checks.alerts import AlertBook
+from automations.breach_checks.kinds import Measurement
+from automations.breach_checks.lambda_concurrency import function_key
+from automations.breach_checks.rules import Thresholds
+from automations.core.notify import Alert
+from automations.kill_switches.slack_buttons import FLIP, RESTORE, Rejected, verify
 from opsbot.local.slack_standin import SlackStandIn
 from tests.conftest import ACCOUNT_A, FIXTURES, FakeLambdaContext
 from tests.test_kill_switches import _zip
@@ -89,8 +90,7 @@ def endpoint(hub_session, broker, ledger, tmp_path, monkeypatch) -> Any:
         monkeypatch.setenv(key, value)
     from handlers import _wiring, kill_switch_worker, slack_actions
 
-    _wiring.reset()
-    slack_actions._oncall.cache_clear()
+    _wiring.reset()  # the runtime, and with it the on-call list it loaded
     with SlackStandIn("xoxb-test") as slack:
         yield {
             "api": slack_actions,
@@ -240,7 +240,7 @@ def test_tampered_alert_id_names_nothing(endpoint):
 def test_user_group_membership_counts_as_on_call(endpoint, monkeypatch, tmp_path):
     from slack_sdk import WebClient
 
-    from automations.slack_interactions import OnCall
+    from automations.kill_switches.slack_buttons import OnCall
 
     with SlackStandIn("xoxb-g", user_groups={"S0SREONCALL": ["U0GROUPED"]}) as slack:
         client = WebClient("xoxb-g", base_url=slack.base_url)
@@ -249,7 +249,7 @@ def test_user_group_membership_counts_as_on_call(endpoint, monkeypatch, tmp_path
 
 
 def test_function_concurrency_alert_carries_the_kill_switch_button(ledger):
-    from automations.breach_alerts import alert_message
+    from automations.breach_checks.messages import alert_message
 
     book = AlertBook(ledger.table)
     function = Measurement(

@@ -7,9 +7,9 @@ from typing import Any
 
 from freezegun import freeze_time
 
-from automations.deadline import Deadline
-from automations.runs import Trigger, plan_run, run_now
-from automations.snapshots import ExistingSnapshot, expired
+from automations.core.deadline import Deadline
+from automations.core.runs import Trigger, plan_run, run_now
+from automations.snapshots.common import ExistingSnapshot, expired
 from tests.conftest import ACCOUNT_A, ACCOUNT_B, make_tasks
 
 TASKS = make_tasks(

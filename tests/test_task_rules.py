@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from automations.rulebook import RulebookError
-from automations.tasks import load_tasks, parse_task_list
+from automations.core.rulebook import RulebookError
+from automations.core.tasks import load_tasks, parse_task_list
 from opsbot.cli import main
 
 GOOD = """\
@@ -70,7 +70,7 @@ def test_unknown_kind_and_missing_schedule():
     found = problems(text)
     assert "rules/tasks.yaml:2: tasks[0]: 'schedule' is a required property" in found
     assert (
-        "rules/tasks.yaml:3: tasks[0].kind: 'ami-cleanup' is not one of ['ebs-snapshot', 'security-group-sweep']"
+        "rules/tasks.yaml:3: tasks[0].kind: 'ami-cleanup' is not one of ['ebs-snapshot', 'ebs-snapshot-copy', 'security-group-sweep']"
         in found
     )
 
@@ -114,4 +114,4 @@ def test_cli_validate_prints_file_line_and_fails(tmp_path, capsys):
 
 def test_cli_validate_ok_on_shipped_rules(capsys):
     assert main(["validate"]) == 0
-    assert "ok: 3 task(s)" in capsys.readouterr().out
+    assert "ok: 4 task(s)" in capsys.readouterr().out

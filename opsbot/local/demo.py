@@ -14,8 +14,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from automations.runs import Trigger, plan_run, run_now
-from automations.runtime import Settings, build_notifier, build_runtime
+from automations.core.runs import Trigger, plan_run, run_now
+from automations.core.runtime import Settings, build_notifier, build_runtime
 from opsbot.cli import runs_table
 from opsbot.environment import apply_local_environment, session
 from opsbot.local import server

@@ -14,11 +14,11 @@ from typing import Any
 
 import boto3
 
-from automations.breach_alerts import AlertBook
-from automations.breach_checks import CHECKS
-from automations.notify import Notifier
-from automations.runs import Trigger
-from automations.runtime import Runtime
+from automations.breach_checks.alerts import AlertBook
+from automations.breach_checks.kinds import CHECK_KINDS
+from automations.core.notify import Notifier
+from automations.core.runs import Trigger
+from automations.core.runtime import Runtime
 from opsbot.local.seed_breaches import lambda_usage_data
 from opsbot.local.slack_standin import SlackStandIn
 from opsbot.quotas_cli import alerts_table, check_runs_table, load_rules, run_checks
@@ -31,7 +31,7 @@ def breach_chapter(
     now = datetime.now(UTC)
     posted = len(slack.messages())
     say("opsbot quotas check — Lambda concurrency (every 5 min) and service quotas (hourly), every account/region")
-    runs = run_checks(rt, rules, notifier, CHECKS, trigger=Trigger("schedule"), clock=lambda: now)
+    runs = run_checks(rt, rules, notifier, CHECK_KINDS.names(), trigger=Trigger("schedule"), clock=lambda: now)
     print(check_runs_table(runs))
     print(f"  Slack messages from these checks: {len(slack.messages()) - posted}")
 
@@ -41,7 +41,11 @@ def breach_chapter(
     five = now + timedelta(minutes=5)
     posted = len(slack.messages())
     say("five minutes later, the next scheduled checks: still over the thresholds, so nothing new is said")
-    print(check_runs_table(run_checks(rt, rules, notifier, CHECKS, trigger=Trigger("schedule"), clock=lambda: five)))
+    print(
+        check_runs_table(
+            run_checks(rt, rules, notifier, CHECK_KINDS.names(), trigger=Trigger("schedule"), clock=lambda: five)
+        )
+    )
     print(f"  Slack messages from these checks: {len(slack.messages()) - posted}")
 
     later = now + timedelta(minutes=20)

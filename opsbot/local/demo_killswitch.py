@@ -15,14 +15,16 @@ from urllib.parse import urlencode
 import boto3
 from slack_sdk.signature import SignatureVerifier
 
-from automations import pause as pausing
-from automations.breach_alerts import AlertBook, Measurement, alert_message
-from automations.breach_rules import Thresholds
-from automations.kill_switches import Actor, Switchboard, describe
-from automations.lambda_concurrency import function_key
-from automations.notify import Notifier
-from automations.runtime import Runtime
-from automations.slack_interactions import FLIP, RESTORE
+from automations.breach_checks.alerts import AlertBook
+from automations.breach_checks.kinds import Measurement
+from automations.breach_checks.lambda_concurrency import function_key
+from automations.breach_checks.messages import alert_message
+from automations.breach_checks.rules import Thresholds
+from automations.core.notify import Notifier
+from automations.core.runtime import Runtime
+from automations.kill_switches import pause as pausing
+from automations.kill_switches.slack_buttons import FLIP, RESTORE
+from automations.kill_switches.switchboard import Actor, Switchboard, describe
 from opsbot.local.events import api_request, deliver_queues
 from opsbot.local.slack_standin import SlackStandIn
 from opsbot.tables import table

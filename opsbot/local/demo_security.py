@@ -10,9 +10,9 @@ from typing import Any
 
 import boto3
 
-from automations.notify import Notifier
-from automations.runs import Trigger, plan_run, run_now
-from automations.runtime import Runtime
+from automations.core.notify import Notifier
+from automations.core.runs import Trigger, plan_run, run_now
+from automations.core.runtime import Runtime
 from opsbot.cli import runs_table, show_run
 from opsbot.local.cloudtrail import authorize_ingress_event, put_on_bus
 from opsbot.local.events import EventRouter
@@ -70,7 +70,7 @@ def security_chapter(
     print(show_run(rt.ledger, run_id))
 
     say("opsbot run sg-sweep — the first sweep after a change to rules/security_groups.yaml only reports")
-    plan = plan_run(rt.ledger, rt.fleet, rt.tasks, "sg-sweep", Trigger("cli"), datetime.now(UTC), kinds=rt.kinds)
-    sweep = run_now(plan, rt.tasks, rt.broker, rt.ledger, notifier, kinds=rt.kinds)
+    plan = plan_run(rt.ledger, rt.fleet, rt.tasks, "sg-sweep", Trigger("cli"), datetime.now(UTC), rules=rt.rules)
+    sweep = run_now(plan, rt.tasks, rt.broker, rt.ledger, notifier, rules=rt.rules)
     print(runs_table([sweep]))
     return sweep

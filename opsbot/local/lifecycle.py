@@ -11,8 +11,8 @@ from typing import Any
 
 import boto3
 
-from automations.fleet import load_fleet
-from automations.runtime import DEFAULT_RULES_DIR
+from automations.core.fleet import load_fleet
+from automations.core.runtime import DEFAULT_RULES_DIR
 from opsbot.local import hub, server
 from opsbot.local import seed as seeding
 

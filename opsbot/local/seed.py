@@ -18,8 +18,8 @@ from typing import Any
 
 import boto3
 
-from automations.fleet import Fleet
-from automations.schedules import slot_label
+from automations.core.fleet import Fleet
+from automations.core.schedules import slot_label
 from opsbot.cfn import PROJECT_ROOT, load_template
 from opsbot.local.seed_breaches import seed_breaches
 from opsbot.local.seed_killswitch import seed_killswitch

@@ -16,7 +16,7 @@ from typing import Any
 
 import boto3
 
-from automations.fleet import Fleet
+from automations.core.fleet import Fleet
 from opsbot.local.lambda_functions import create_functions
 
 LAMBDA_REGION = "us-east-1"

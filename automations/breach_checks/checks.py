@@ -1,0 +1,249 @@
+"""Breach checks run as plan -> unit (account, region) -> close, on the shared run machinery.
+
+On AWS the BreachCheckStateMachine calls the three steps (Map over units); locally ``run_checks_now``
+calls them in a thread pool (``automations.core.runs``). Runs, units and every alert event are
+recorded in the ledger; check runs are listed apart from task runs (``gsi1pk`` "CHECK") because one
+runs every few minutes.
+
+A unit measures with its check's kind, then feeds every measurement through the alert lifecycle
+(``alerts.py``) and notifies what the lifecycle says to. A unit that cannot run (role denied, throttled
+past retries) is recorded FAILED and opens a "cannot check" alert for that account/region through the
+same lifecycle: on-call hears once, a reminder every N hours while it lasts, and once when it recovers,
+instead of a failed-run message every five minutes. Nothing here changes anything in a member account.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from automations.breach_checks.alerts import OPEN, AlertBook, Level, Transition, level_of
+from automations.breach_checks.kinds import CHECK_KINDS, Measurement
+from automations.breach_checks.messages import alert_message
+from automations.breach_checks.rules import BreachRules
+from automations.core.clock import utcnow
+from automations.core.deadline import Deadline
+from automations.core.fleet import Fleet, SessionBroker
+from automations.core.kinds import UnitOutcome
+from automations.core.ledger import Action, Ledger
+from automations.core.notify import Notifier
+from automations.core.runs import Plan, RunError, Trigger, Unit, close, execute_unit, open_run, run_in_pool
+
+log = logging.getLogger(__name__)
+
+CHECK_RUNS_KEY = "CHECK"  # gsi1pk of check runs in the by-time index
+GONE_NOTE = (
+    "No longer measured: removed from the rules, the quota or the reservation is gone, or the function "
+    "is switched off (reserved concurrency 0)."
+)
+
+
+def access_key(check: str) -> str:
+    return f"check/{check}"
+
+
+def plan_check(
+    ledger: Ledger,
+    fleet: Fleet,
+    rules: BreachRules,
+    check: str,
+    trigger: Trigger,
+    when: datetime,
+    *,
+    accounts: list[str] | None = None,
+    regions: list[str] | None = None,
+) -> Plan:
+    """Open the run record and list its units. ``when`` is the scheduled time (or now)."""
+    if check not in CHECK_KINDS:
+        raise RunError(f"unknown check {check!r}; defined: {CHECK_KINDS.names()}")
+    slot = (when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)).replace(second=0, microsecond=0)
+    enabled = rules.enabled(check)
+    return open_run(
+        ledger,
+        fleet,
+        job=check,
+        kind="breach-check",
+        trigger=trigger,
+        slot=slot,
+        targets=fleet.targets(accounts, regions) if enabled else [],
+        dry_run=False,
+        list_key=CHECK_RUNS_KEY,
+        scope={"accounts": accounts, "regions": regions},
+        note=None if enabled else f"{check} is disabled in rules/quotas.yaml",
+    )
+
+
+@dataclass
+class _Observer:
+    """Feeds observations to the alert book, notifies, and records each alert event as an action."""
+
+    book: AlertBook
+    notifier: Notifier | None
+    rules: BreachRules
+    account: str
+    region: str
+    account_name: str
+    counts: Counter[str]
+    record: Callable[[Action], None] | None = None
+
+    def __call__(self, m: Measurement, prev: Mapping[str, Any] | None, level: Level | None = None) -> Transition | None:
+        thresholds = self.rules.thresholds(self.account, m.service, m.quota_code)
+        transition = self.book.observe(
+            self.account, self.region, m, thresholds, prev, level=level, account_name=self.account_name
+        )
+        if transition is None:
+            return None
+        self.counts[transition.event] += 1
+        if not transition.notify:
+            return transition
+        errors = self.notifier.send(alert_message(transition)) if self.notifier else []
+        if errors:
+            self.counts["notify_failed"] += 1
+        if self.record is not None:
+            s = transition.state
+            self.record(
+                Action(
+                    self.account,
+                    self.region,
+                    s["key"],
+                    f"alert-{transition.event}",
+                    "notify-failed" if errors else "notified",
+                    error="; ".join(errors) or None,
+                    detail={k: s.get(k) for k in ("alert_id", "severity", "percent", "usage", "limit", "name")},
+                )
+            )
+        return transition
+
+    def report_failure(self, check: str, error: str, prev: Mapping[str, Any] | None) -> None:
+        """Open (or keep open) the 'cannot check' alert; never raises (the unit record matters more)."""
+        try:
+            self(_failure_measurement(check, error), prev, Level.WARNING)
+        except Exception:  # the ledger itself may be what failed
+            log.exception("could not record the failure of %s in %s/%s", check, self.account, self.region)
+
+
+def _observer(
+    book: AlertBook, notifier: Notifier | None, rules: BreachRules, fleet: Fleet, account: str, region: str
+) -> _Observer:
+    member = fleet.account(account)
+    return _Observer(book, notifier, rules, account, region, member.name if member else account, Counter())
+
+
+def _failure_measurement(check: str, error: str) -> Measurement:
+    return Measurement(check=f"{check}-access", key=access_key(check), name=check, service="opsbot", note=error)
+
+
+def run_check_unit(
+    unit: Unit,
+    *,
+    rules: BreachRules,
+    fleet: Fleet,
+    broker: SessionBroker,
+    ledger: Ledger,
+    book: AlertBook,
+    notifier: Notifier | None,
+    deadline: Deadline | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> dict[str, Any]:
+    """Measure one account/region and move its alerts; always records the unit, whatever happens."""
+    kind = CHECK_KINDS.get(unit.job)
+    observe = _observer(book, notifier, rules, fleet, unit.account, unit.region)
+    states: dict[str, dict[str, Any]] = {}
+
+    def work(record: Callable[[Action], None]) -> UnitOutcome:
+        clients = {s: broker.client(unit.account, unit.region, s) for s in kind.services}
+        states.update(book.states(unit.account, unit.region))
+        open_keys = frozenset(k for k, s in states.items() if s.get("status") == OPEN)
+        result = kind.measure(clients, rules.settings_of(unit.job), clock(), unit, open_keys)
+        observe.counts.update(result.counts)
+        observe.counts["metric_calls"] += result.metric_calls
+        observe.record = record
+        measured = set()
+        for m in result.measurements:
+            measured.add(m.key)
+            observe.counts[level_of(m, rules.thresholds(unit.account, m.service, m.quota_code)).value] += 1
+            observe(m, states.get(m.key))
+        for key, state in states.items():
+            if state.get("status") != OPEN:
+                continue
+            if state.get("check") == unit.job and key not in measured:
+                gone = Measurement(
+                    check=unit.job,
+                    key=key,
+                    name=state["name"],
+                    service=state["service"],
+                    quota_code=state.get("quota_code"),
+                    limit=state.get("limit"),
+                    unit=state.get("unit", "None"),
+                    note=GONE_NOTE,
+                )
+                observe(gone, state, Level.CLEAR)
+            elif key == access_key(unit.job):
+                observe(_failure_measurement(unit.job, "recovered"), state, Level.CLEAR)
+        extra = {
+            "check": unit.job,
+            "metric_calls": result.metric_calls,
+            "unmonitored": (result.unmonitored or [])[:200],
+        }
+        return UnitOutcome(counts=observe.counts, problems=list(result.errors or []), extra=extra)
+
+    def failed(error: str) -> None:
+        observe.record = None
+        observe.report_failure(unit.job, error, states.get(access_key(unit.job)))
+
+    summary = execute_unit(unit, ledger, deadline or Deadline.never(), work, clock=clock, on_failure=failed)
+    summary.setdefault("check", unit.job)
+    summary.setdefault("metric_calls", 0)
+    return summary
+
+
+def close_check(
+    run_id: str,
+    ledger: Ledger,
+    *,
+    rules: BreachRules,
+    fleet: Fleet,
+    book: AlertBook,
+    notifier: Notifier | None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """Close the run from its unit records. A planned unit with no record opens its 'cannot check' alert."""
+
+    def missing(run: dict[str, Any], planned: str, error: str) -> None:
+        account, region = planned.split("/")
+        observe = _observer(book, notifier, rules, fleet, account, region)
+        observe.report_failure(run["task"], error, book.state(account, region, access_key(run["task"])))
+
+    closed, _ = close(run_id, ledger, reason=reason, on_missing=missing)
+    return closed
+
+
+def run_checks_now(
+    plan: Plan,
+    *,
+    rules: BreachRules,
+    fleet: Fleet,
+    broker: SessionBroker,
+    ledger: Ledger,
+    book: AlertBook,
+    notifier: Notifier | None,
+    max_workers: int = 8,
+    clock: Callable[[], datetime] = utcnow,
+) -> dict[str, Any]:
+    """Local/test runner: the state machine's plan/unit/close steps, with the units in a thread pool."""
+    run_in_pool(
+        plan.units,
+        lambda u: run_check_unit(
+            u, rules=rules, fleet=fleet, broker=broker, ledger=ledger, book=book, notifier=notifier, clock=clock
+        ),
+        max_workers,
+    )
+    return close_check(plan.run_id, ledger, rules=rules, fleet=fleet, book=book, notifier=notifier)
+
+
+def recent_check_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:
+    return ledger.recent_runs(limit, list_key=CHECK_RUNS_KEY)

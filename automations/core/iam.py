@@ -1,0 +1,78 @@
+"""What each role may do, declared next to the code that needs it.
+
+A ``Grant`` is one IAM action on one resource of the hub template, named by its logical id (or by the
+parameter its ARN is built from); ``"*"`` is for actions that take no resource ARN. Kinds declare the
+actions they need in member accounts (``member_actions``) and in the hub (``hub_grants``); each handler
+module declares ``PERMISSIONS``: its functions' grants, composed from the bundles below and its kinds'.
+``tests/test_permissions.py`` compares these with template.yaml and template-member.yaml both ways, so
+the declarations here are the only source of truth for what a role may do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    action: str
+    resource: str  # a logical id or parameter of template.yaml, "<id>/index/by-time" for the index, or "*"
+
+    def __str__(self) -> str:
+        return f"{self.action} on {self.resource}"
+
+
+def grants(resource: str, *actions: str) -> frozenset[Grant]:
+    return frozenset(Grant(action, resource) for action in actions)
+
+
+def actions_of(found: Iterable[Grant]) -> frozenset[str]:
+    return frozenset(g.action for g in found)
+
+
+LEDGER, LEDGER_INDEX, IDEMPOTENCY = "LedgerTable", "LedgerTable/index/by-time", "IdempotencyTable"
+
+# ---- plumbing bundles ------------------------------------------------------------------------------
+# Powertools Idempotency's DynamoDB persistence layer (get, put-if-absent, update, delete on failure).
+IDEMPOTENCY_STORE = grants(
+    IDEMPOTENCY, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"
+)
+# The fleet document (SSM parameter, re-read every few minutes so new accounts need no redeploy).
+READ_FLEET = grants("FleetParameter", "ssm:GetParameter")
+# Assume the member role (fleet role_name) in any member account; the member trust is the second lock.
+ASSUME_MEMBER_ROLE = grants("MemberRoleName", "sts:AssumeRole")
+# SNS (an encrypted topic) and Slack (the bot token in Secrets Manager).
+NOTIFY = (
+    grants("AlertTopic", "sns:Publish")
+    | grants("AlertTopicKey", "kms:GenerateDataKey", "kms:Decrypt")
+    | grants("SlackBotTokenSecret", "secretsmanager:GetSecretValue")
+)
+
+# Ledger use, by step.
+LEDGER_OPEN_RUN = grants(LEDGER, "dynamodb:PutItem")
+LEDGER_RECORD_UNIT = grants(LEDGER, "dynamodb:PutItem", "dynamodb:BatchWriteItem")
+# Close reads the run, its units (and actions, for the announcement) and closes it conditionally.
+LEDGER_CLOSE_RUN = grants(LEDGER, "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem")
+LEDGER_RECORD_EVENT = grants(LEDGER, "dynamodb:PutItem")
+# Lists kept in the by-time index: open alerts by id, flipped switches.
+LEDGER_LISTS = grants(LEDGER_INDEX, "dynamodb:Query")
+
+
+@dataclass(frozen=True)
+class Capability:
+    """A capability's side of the member account: the policy it owns there and the actions it needs."""
+
+    name: str
+    member_policy: str  # its PolicyName in template-member.yaml
+    member_actions: frozenset[str]
+
+
+def member_actions_of(kinds: Iterable[object], *extra: Iterable[str]) -> frozenset[str]:
+    """The union of the kinds' ``member_actions`` and of any other needs of the capability."""
+    found: set[str] = set()
+    for kind in kinds:
+        found |= getattr(kind, "member_actions", frozenset())
+    for more in extra:
+        found |= set(more)
+    return frozenset(found)

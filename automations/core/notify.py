@@ -1,0 +1,127 @@
+"""Alerts to SNS and Slack (Block Kit through slack-sdk).
+
+One ``Alert`` is rendered twice: as JSON for SNS subscribers (e-mail, pager, chat bridges) and as
+Block Kit for Slack. A failure to notify is logged and returned, never raised: a Slack outage must
+not turn a finished run into a failed one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+log = logging.getLogger(__name__)
+
+SEVERITY_EMOJI = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
+MAX_DETAIL_LINES = 10  # Slack sections hold 3,000 characters; on-call needs the first failures, not all.
+# Slack button action ids, shared by who shows a button (breach alerts) and who handles it (kill switches).
+KILL_SWITCH_FLIP, KILL_SWITCH_RESTORE = "killswitch_flip", "killswitch_restore"
+
+
+@dataclass
+class Alert:
+    title: str
+    severity: str  # info | warning | critical
+    summary: str
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+    context: str = ""
+    kind: str = "opsbot"
+    # Machine-readable facts for SNS subscribers (e.g. a breach alert's id, usage, limit); not shown in Slack.
+    data: dict[str, Any] = field(default_factory=dict)
+    # Slack buttons: (label, action_id, value, style). The value names a stored alert, never a free target.
+    buttons: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+
+    def as_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "kind": self.kind,
+            "title": self.title,
+            "severity": self.severity,
+            "summary": self.summary,
+            "fields": dict(self.fields),
+            "details": self.details,
+            "context": self.context,
+        }
+        if self.data:
+            message["data"] = self.data
+        return message
+
+    def as_blocks(self) -> list[Block]:
+        emoji = SEVERITY_EMOJI.get(self.severity, "")
+        blocks: list[Block] = [
+            HeaderBlock(text=PlainTextObject(text=f"{self.title}"[:150])),
+            SectionBlock(text=MarkdownTextObject(text=f"{emoji} {self.summary}".strip())),
+        ]
+        if self.fields:
+            blocks.append(SectionBlock(fields=[MarkdownTextObject(text=f"*{k}*\n{v}") for k, v in self.fields[:10]]))
+        if self.details:
+            shown = self.details[:MAX_DETAIL_LINES]
+            more = len(self.details) - len(shown)
+            text = "\n".join(f"• {line}" for line in shown) + (f"\n…and {more} more" if more > 0 else "")
+            blocks.append(SectionBlock(text=MarkdownTextObject(text=text[:2900])))
+        if self.context:
+            blocks.append(ContextBlock(elements=[MarkdownTextObject(text=self.context)]))
+        if self.buttons:
+            blocks.append(
+                ActionsBlock(
+                    block_id="opsbot-actions",
+                    elements=[
+                        ButtonElement(text=label, action_id=action_id, value=value, style=style)
+                        for label, action_id, value, style in self.buttons
+                    ],
+                )
+            )
+        return blocks
+
+
+@dataclass
+class Notifier:
+    sns: Any | None = None
+    topic_arn: str | None = None
+    slack: WebClient | None = None
+    slack_channel: str | None = None
+
+    def send(self, alert: Alert) -> list[str]:
+        """Deliver to every configured channel; returns the errors (empty when all went out)."""
+        errors: list[str] = []
+        if self.sns is not None and self.topic_arn:
+            try:
+                self.sns.publish(
+                    TopicArn=self.topic_arn,
+                    Subject=f"[opsbot] {alert.title}"[:100],
+                    Message=json.dumps(alert.as_message(), indent=2),
+                    MessageAttributes={
+                        "severity": {"DataType": "String", "StringValue": alert.severity},
+                        "kind": {"DataType": "String", "StringValue": alert.kind},
+                    },
+                )
+            except (ClientError, BotoCoreError) as exc:
+                log.error("SNS publish failed: %s", exc)
+                errors.append(f"sns: {exc}")
+        if self.slack is not None and self.slack_channel:
+            try:
+                self.slack.chat_postMessage(
+                    channel=self.slack_channel,
+                    text=f"{alert.title}: {alert.summary}",
+                    blocks=alert.as_blocks(),
+                )
+            except (SlackApiError, OSError) as exc:
+                log.error("Slack chat.postMessage failed: %s", exc)
+                errors.append(f"slack: {exc}")
+        return errors

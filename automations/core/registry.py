@@ -1,0 +1,59 @@
+"""A typed registry of kinds: task kinds, breach checks and kill-switch kinds each register themselves here.
+
+In the spirit of Cloud Custodian's resource/filter/action registries, but typed: a kind is a class whose
+class attributes declare its name, its rules-schema fragment and the IAM actions it needs, and whose
+methods are its runner. Everything else is read from the registry, never from a second list:
+``opsbot validate`` assembles its schemas from it, and tests compare it with the templates' roles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
+
+
+class Kind(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+K = TypeVar("K", bound=Kind)
+
+
+class UnknownKindError(ValueError):
+    pass
+
+
+class Registry(Generic[K]):
+    """The kinds of one sort, by name. Kinds are stateless: one instance each."""
+
+    def __init__(self, sort: str) -> None:
+        self.sort = sort
+        self._kinds: dict[str, K] = {}
+
+    def register(self, cls: type[K]) -> type[K]:
+        """Class decorator: ``@TASK_KINDS.register`` above a kind's class."""
+        kind = cls()
+        if kind.name in self._kinds:
+            raise ValueError(f"{self.sort} {kind.name!r} is registered twice")
+        self._kinds[kind.name] = kind
+        return cls
+
+    def get(self, name: str) -> K:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise UnknownKindError(f"unknown {self.sort} {name!r}; known: {self.names()}") from None
+
+    def names(self) -> list[str]:
+        """Sorted, so schemas and messages do not depend on the order packages were imported in."""
+        return sorted(self._kinds)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    def __iter__(self) -> Iterator[K]:
+        return iter([self._kinds[name] for name in self.names()])
+
+    def __len__(self) -> int:
+        return len(self._kinds)

@@ -1,0 +1,373 @@
+"""A run as three steps: plan -> run each unit (job, account, region) -> close.
+
+Scheduled tasks and breach checks both run this way. On AWS a Step Functions state machine calls the
+three steps (a Map over the units); locally and in tests ``run_in_pool`` calls the same functions in a
+thread pool. A failing unit is recorded with its error and the others go on; close turns the unit
+records into SUCCEEDED, PARTIAL or FAILED. This module holds the machinery both share and the task
+flavour of it, which knows task kinds only through ``TASK_KINDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from automations.core import ledger as L
+from automations.core.clock import iso, parse_time, utcnow
+from automations.core.deadline import Deadline
+from automations.core.errors import NotStarted, error_text
+from automations.core.fleet import AccountAccessError, Fleet, SessionBroker
+from automations.core.kinds import TASK_KINDS, KindEnv, TaskDefinition, UnitContext, UnitOutcome
+from automations.core.ledger import Action, Ledger
+from automations.core.notify import Notifier
+from automations.core.rulebook import DEFAULT_RULES_DIR, RuleSource
+from automations.core.schedules import slot_for, slot_label
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 100
+# A unit RUNNING for longer than its Lambda can live has died without a record: count it failed.
+UNIT_LIFETIME = timedelta(minutes=16)
+
+
+class RunError(ValueError):
+    """A run that cannot be planned or closed (unknown task, no such run)."""
+
+
+class UnitsStillRunning(Exception):
+    """Close was called while a unit is still running (e.g. in a duplicate execution): retry later."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    type: str  # schedule | cli | retry
+    event_id: str | None = None
+    event_time: str | None = None
+    principal: str | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (job, account, region) of a run: what the state machine's Map hands each unit invocation."""
+
+    run_id: str
+    job: str  # the task (or breach check) this run is of
+    account: str
+    region: str
+    slot: str  # ISO 8601
+    dry_run: bool = False
+    primary: bool = False  # the account's first region: where account-wide (global) work is done once
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Unit:
+        return cls(
+            run_id=str(data["run_id"]),
+            job=str(data["job"]),
+            account=str(data["account"]),
+            region=str(data["region"]),
+            slot=str(data["slot"]),
+            dry_run=bool(data.get("dry_run", False)),
+            primary=bool(data.get("primary", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    units: list[Unit]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "units": [asdict(u) for u in self.units]}
+
+
+def new_run_id(job: str, slot: datetime) -> str:
+    return f"{job}-{slot:%Y%m%dT%H%MZ}-{secrets.token_hex(3)}"
+
+
+def open_run(
+    ledger: Ledger,
+    fleet: Fleet,
+    *,
+    job: str,
+    kind: str,
+    trigger: Trigger,
+    slot: datetime,
+    targets: list[tuple[str, str]],
+    dry_run: bool,
+    list_key: str = L.RUN_LIST_KEY,
+    **attrs: Any,
+) -> Plan:
+    """Open the run record and list its units (shared by task runs and breach checks)."""
+    run_id = new_run_id(job, slot)
+    ledger.open_run(
+        run_id,
+        task=job,
+        kind=kind,
+        trigger=asdict(trigger),
+        slot=slot_label(slot),
+        dry_run=dry_run,
+        planned_units=[f"{a}/{r}" for a, r in targets],
+        gsi1pk=list_key,
+        **attrs,
+    )
+    first_region = {a.id: a.regions[0] for a in fleet.accounts if a.regions}
+    units = [Unit(run_id, job, a, r, slot.isoformat(), dry_run, primary=first_region.get(a) == r) for a, r in targets]
+    return Plan(run_id, units)
+
+
+def narrow(defined: tuple[str, ...] | None, requested: list[str] | None) -> list[str] | None:
+    """What the operator asked for, within what the task allows (None: no restriction)."""
+    if requested is None:
+        return list(defined) if defined is not None else None
+    return [x for x in requested if defined is None or x in defined]
+
+
+# ---- one unit ---------------------------------------------------------------------------------------
+UnitWork = Callable[[Callable[[Action], None]], UnitOutcome]
+
+
+def execute_unit(
+    unit: Unit,
+    ledger: Ledger,
+    deadline: Deadline,
+    work: UnitWork,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    on_failure: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run one unit's work and always record the unit, whatever happens; returns its summary.
+
+    ``work`` gets the action recorder (batched ledger writes). A unit is FAILED when it could not run
+    (role denied, throttled past retries, a bug), PARTIAL when its outcome names problems."""
+    started = iso(clock())
+    # Marked first, so a Close running meanwhile (a duplicate execution) waits instead of failing it.
+    ledger.record_unit(unit.run_id, unit.account, unit.region, status=L.RUNNING, started_at=started)
+    status, error = L.SUCCEEDED, None
+    outcome = UnitOutcome()
+    try:
+        if deadline.near():  # too late to start: leave it for a re-run of the slot, but say so
+            raise NotStarted()
+        with ledger.action_recorder(unit.run_id) as record:
+            outcome = work(record)
+        if outcome.problems:
+            status, error = L.PARTIAL, "; ".join(outcome.problems)
+    except NotStarted:
+        status, error = L.PARTIAL, "not started: the time limit was near"
+    except AccountAccessError as exc:
+        status, error = L.FAILED, f"{exc.code}: {exc.detail}"
+    except (ClientError, BotoCoreError) as exc:
+        status, error = L.FAILED, error_text(exc)
+    except Exception as exc:  # a bug must still leave a record behind, and not sink the other units
+        log.exception("unit %s %s/%s crashed", unit.job, unit.account, unit.region)
+        status, error = L.FAILED, error_text(exc)
+    if status == L.FAILED and error and on_failure is not None:
+        on_failure(error)
+    summary = {
+        "job": unit.job,
+        "status": status,
+        "error": error,
+        "counts": dict(outcome.counts),
+        "unknown_tasks": outcome.unknown_tasks,
+        "started_at": started,
+        **outcome.extra,
+    }
+    ledger.record_unit(unit.run_id, unit.account, unit.region, **summary)
+    return {"account": unit.account, "region": unit.region, **summary}
+
+
+# ---- close ------------------------------------------------------------------------------------------
+def tally_units(units: list[dict[str, Any]], missing: list[str]) -> tuple[str, Counter[str], int]:
+    """A run's status from its unit records; planned units with no record count as failed."""
+    by_status = Counter(u["status"] for u in units)
+    if missing:
+        by_status[L.FAILED] += len(missing)
+    total = len(units) + len(missing)
+    if total == 0 or by_status[L.SUCCEEDED] == total:
+        return L.SUCCEEDED, by_status, total
+    if by_status[L.FAILED] == total:
+        return L.FAILED, by_status, total
+    return L.PARTIAL, by_status, total
+
+
+def close(
+    run_id: str,
+    ledger: Ledger,
+    *,
+    reason: str | None = None,
+    on_missing: Callable[[dict[str, Any], str, str], None] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Derive the run's status from its unit records and close it. Returns (the run, whether this call
+    closed it): a duplicate Close neither rewrites the record nor announces again.
+
+    Planned units with no record (a Lambda killed, a Map branch lost) count as failed; ``on_missing``
+    hears of each (run, planned "account/region", error)."""
+    run = ledger.get_run(run_id)
+    if run is None:
+        raise RunError(f"no run {run_id!r} in the ledger")
+    if run["status"] != L.RUNNING:
+        return run, False
+    units = ledger.units(run_id)
+    now = ledger.clock()
+    running = [u for u in units if u["status"] == L.RUNNING]
+    if reason is None and any(now - parse_time(u["started_at"]) < UNIT_LIFETIME for u in running):
+        raise UnitsStillRunning(f"run {run_id}: {len(running)} unit(s) still running")
+    for u in running:
+        u["status"], u["error"] = L.FAILED, "started but never finished (the function died or timed out)"
+    reported = {f"{u['account']}/{u['region']}" for u in units}
+    missing = [p for p in run.get("planned_units", []) if p not in reported]
+    counts: Counter[str] = Counter()
+    unknown: dict[str, list[str]] = {}
+    for u in units:
+        counts.update(u.get("counts", {}))
+        for name, samples in u.get("unknown_tasks", {}).items():
+            unknown.setdefault(name, []).extend(samples)
+    status, by_status, total = tally_units(units, missing)
+    failures = [f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED]
+    error = "no result recorded" + (f" ({reason})" if reason else "")
+    failures += [f"{planned}: {error}" for planned in missing]
+    if on_missing is not None:
+        for planned in missing:
+            on_missing(run, planned, error)
+    # The run is one DynamoDB item (400 KB) and one SNS message (256 KB): keep counts whole, lists short.
+    if len(failures) > MAX_LISTED:
+        failures = [*failures[:MAX_LISTED], f"...and {len(failures) - MAX_LISTED} more (opsbot runs show {run_id})"]
+    won = ledger.close_run(
+        run_id,
+        status,
+        counts=dict(counts),
+        units={"total": total, **{k.lower(): v for k, v in by_status.items()}},
+        unknown_tasks=dict(list(unknown.items())[:MAX_LISTED]),
+        failures=failures,
+    )
+    return ledger.get_run(run_id) or run, won
+
+
+def run_in_pool(units: list[Unit], run_one: Callable[[Unit], Any], max_workers: int = 8) -> None:
+    """Local/test stand-in for the state machine's Map: the units in a thread pool."""
+    if units:
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(units)))) as pool:
+            list(pool.map(run_one, units))
+
+
+# ---- scheduled tasks -------------------------------------------------------------------------------
+def plan_run(
+    ledger: Ledger,
+    fleet: Fleet,
+    tasks: Mapping[str, TaskDefinition],
+    task_name: str,
+    trigger: Trigger,
+    when: datetime,
+    *,
+    accounts: list[str] | None = None,
+    regions: list[str] | None = None,
+    dry_run: bool | None = None,
+    rules: RuleSource | None = None,
+) -> Plan:
+    """Work out the slot and the units, and open the run record. ``when`` is the event/slot time."""
+    task = tasks.get(task_name.lower())
+    if task is None:
+        raise RunError(f"unknown task {task_name!r}; defined: {sorted(tasks)}")
+    if task.kind not in TASK_KINDS:
+        raise RunError(f"task {task.name!r}: kind {task.kind!r} is not available here")
+    kind = TASK_KINDS.get(task.kind)
+    slot = slot_for(task.schedule, when)
+    scope_accounts = narrow(task.scope_accounts, accounts)
+    scope_regions = narrow(task.scope_regions, regions)
+    env = _env(ledger, rules)
+    targets = kind.plan(task, fleet.targets(scope_accounts, scope_regions), env)
+    # An operator's explicit --dry-run (or not) wins over the kind's report-only first run.
+    report_only = kind.report_only_reason(task, env) if dry_run is None else None
+    effective_dry_run = (task.dry_run or report_only is not None) if dry_run is None else dry_run
+    return open_run(
+        ledger,
+        fleet,
+        job=task.name,
+        kind=task.kind,
+        trigger=trigger,
+        slot=slot,
+        targets=targets,
+        dry_run=effective_dry_run,
+        scope={"accounts": scope_accounts, "regions": scope_regions},
+        report_only_reason=report_only,
+    )
+
+
+def _env(ledger: Ledger, rules: RuleSource | None) -> KindEnv:
+    return KindEnv(ledger, rules or RuleSource(DEFAULT_RULES_DIR))
+
+
+def run_unit(
+    unit: Unit,
+    tasks: Mapping[str, TaskDefinition],
+    broker: SessionBroker,
+    ledger: Ledger,
+    deadline: Deadline,
+    clock: Callable[[], datetime] = utcnow,
+    rules: RuleSource | None = None,
+) -> dict[str, Any]:
+    """Run one (task, account, region) with its kind's runner; always records the unit."""
+    task = tasks[unit.job]
+    kind = TASK_KINDS.get(task.kind)
+    env = _env(ledger, rules)
+
+    def work(record: Callable[[Action], None]) -> UnitOutcome:
+        ctx = UnitContext(
+            run_id=unit.run_id,
+            task=task,
+            options=task.options,
+            account=unit.account,
+            region=unit.region,
+            slot=parse_time(unit.slot).astimezone(UTC),
+            dry_run=unit.dry_run,
+            known_tasks=frozenset(tasks),
+            record=record,
+            deadline=deadline,
+            now=clock,
+            clients=broker.client,
+            env=env,
+        )
+        return kind.run_unit(ctx)
+
+    return execute_unit(unit, ledger, deadline, work, clock=clock)
+
+
+def close_run(
+    run_id: str,
+    ledger: Ledger,
+    notifier: Notifier | None,
+    reason: str | None = None,
+    rules: RuleSource | None = None,
+) -> dict[str, Any]:
+    """Close a task run and announce it the way its kind says (a failed run always)."""
+    closed, won = close(run_id, ledger, reason=reason)
+    if won and notifier is not None and closed.get("kind") in TASK_KINDS:
+        alert = TASK_KINDS.get(closed["kind"]).announce(closed, _env(ledger, rules))
+        if alert is not None:
+            notifier.send(alert)
+    return closed
+
+
+def run_now(
+    plan: Plan,
+    tasks: Mapping[str, TaskDefinition],
+    broker: SessionBroker,
+    ledger: Ledger,
+    notifier: Notifier | None,
+    *,
+    deadline: Deadline | None = None,
+    max_workers: int = 8,
+    clock: Callable[[], datetime] = utcnow,
+    rules: RuleSource | None = None,
+) -> dict[str, Any]:
+    """Local/test runner: the same plan/unit/close steps as the state machine, in a thread pool."""
+    limit = deadline or Deadline.never()
+    run_in_pool(plan.units, lambda u: run_unit(u, tasks, broker, ledger, limit, clock, rules), max_workers)
+    return close_run(plan.run_id, ledger, notifier, rules=rules)
