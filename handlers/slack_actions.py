@@ -1,6 +1,6 @@
 """Slack interactivity endpoint (API Gateway -> Powertools Event Handler): kill switch buttons.
 
-Parses the request, hands it to automations.slack_interactions.handle_request (verify, authorize,
+Parses the request, hands it to automations.kill_switches.slack_buttons.handle_request (verify, authorize,
 resolve the alert, queue for handlers.kill_switch_worker) and returns its answer within Slack's 3 s.
 """
 

@@ -7,91 +7,18 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from automations import catalog  # noqa: F401  (registers every kind: the CLI runs them all)
 from automations.core.clock import parse_time
-from automations.core.ledger import Ledger
-from automations.core.rulebook import Problem, RulebookError
+from automations.core.rulebook import DEFAULT_RULES_DIR, RulebookError
 from automations.core.runs import RunError, Trigger, plan_run, run_now
-from automations.core.runtime import DEFAULT_RULES_DIR, Runtime, Settings, build_notifier, build_runtime
-from automations.kill_switches.switchboard import describe
+from automations.core.runtime import Runtime, Settings, build_notifier, build_runtime
+from automations.kill_switches.kinds import describe
 from opsbot import environment
-from opsbot.cfn import PROJECT_ROOT, load_template, resources_of_type
-from opsbot.tables import table, took
-
-TEMPLATE = PROJECT_ROOT / "template.yaml"
-
-
-# ---- validate ----------------------------------------------------------------------------
-def schedule_problems(tasks: dict[str, Any], template_path: Path = TEMPLATE) -> list[Problem]:
-    """Each task needs exactly one schedule rule in template.yaml, with the same expression."""
-    text = template_path.read_text(encoding="utf-8").splitlines()
-
-    def line_of(logical_id: str) -> int:
-        return next((i + 1 for i, line in enumerate(text) if line.strip() == f"{logical_id}:"), 1)
-
-    rules = resources_of_type(load_template(template_path), "AWS::Events::Rule")
-    by_task: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for logical_id, rule in rules.items():
-        if task := (rule.get("Metadata") or {}).get("opsbot", {}).get("task"):
-            by_task.setdefault(task, []).append((logical_id, rule))
-    problems = []
-    name = (
-        str(template_path.relative_to(PROJECT_ROOT))
-        if template_path.is_relative_to(PROJECT_ROOT)
-        else str(template_path)
-    )
-    for task_name, task in tasks.items():
-        found = by_task.pop(task_name, [])
-        if len(found) != 1:
-            problems.append(Problem(name, 1, f"task {task_name!r} needs exactly one schedule rule, found {len(found)}"))
-            continue
-        logical_id, rule = found[0]
-        expression = rule["Properties"].get("ScheduleExpression")
-        if expression != task.schedule:
-            problems.append(
-                Problem(
-                    name,
-                    line_of(logical_id),
-                    f"{logical_id}: schedule {expression!r} != rules/tasks.yaml {task.schedule!r}",
-                )
-            )
-    for task_name, found in by_task.items():
-        for logical_id, _ in found:
-            problems.append(Problem(name, line_of(logical_id), f"{logical_id}: schedules unknown task {task_name!r}"))
-    return problems
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from automations.catalog import RULE_FILES
-    from automations.core.tasks import TASKS_FILE
-
-    rules_dir = Path(args.rules)
-    problems: list[Problem] = []
-    tasks: dict[str, Any] = {}
-    for rule_file, required in RULE_FILES:
-        path = rules_dir / rule_file.name
-        if not path.exists():
-            if required:
-                problems.append(Problem(str(path), 1, "missing: no such file"))
-            continue
-        try:
-            loaded = rule_file.load(path)
-        except RulebookError as exc:
-            problems.extend(exc.problems)
-            continue
-        if rule_file is TASKS_FILE:
-            tasks = loaded
-    if tasks and TEMPLATE.exists():
-        problems.extend(schedule_problems(tasks))
-    for p in problems:
-        print(p)
-    if problems:
-        print(f"{len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    print(f"ok: {len(tasks)} task(s) in {rules_dir}")
-    return 0
+from opsbot.runs_view import runs_table, show_run
+from opsbot.tables import table
+from opsbot.validation import cmd_validate
 
 
 # ---- runtime -------------------------------------------------------------------------------
@@ -151,100 +78,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # ---- runs ----------------------------------------------------------------------------------
-def runs_table(runs: list[dict[str, Any]]) -> str:
-    rows = []
-    for r in runs:
-        c, u = r.get("counts", {}), r.get("units", {})
-        rows.append(
-            [
-                r["run_id"],
-                r["task"],
-                r.get("slot"),
-                r.get("trigger", {}).get("type"),
-                r["status"] + (" (dry run)" if r.get("dry_run") else ""),
-                r["started_at"],
-                took(r),
-                c.get("created", c.get("would_create", 0)),
-                c.get("skipped_existing", 0),
-                c.get("deleted", c.get("would_delete", 0)),
-                c.get("failed", 0),
-                f"{u.get('succeeded', 0)}/{u.get('total', 0)}" if u else "-",
-            ]
-        )
-    return table(
-        [
-            "RUN",
-            "TASK",
-            "SLOT",
-            "TRIGGER",
-            "STATUS",
-            "STARTED",
-            "TOOK",
-            "CREATED",
-            "SKIPPED",
-            "DELETED",
-            "FAILED",
-            "UNITS OK",
-        ],
-        rows,
-    )
-
-
-def show_run(ledger: Ledger, run_id: str) -> str:
-    run = ledger.get_run(run_id)
-    if run is None:
-        raise RunError(f"no run {run_id!r}")
-    out = [runs_table([run]), ""]
-    out.append(
-        table(
-            ["ACCOUNT", "REGION", "STATUS", "COUNTS", "ERROR"],
-            [
-                [
-                    u["account"],
-                    u["region"],
-                    u["status"],
-                    " ".join(f"{k}={v}" for k, v in sorted(u.get("counts", {}).items())),
-                    u.get("error") or "",
-                ]
-                for u in ledger.units(run_id)
-            ],
-        )
-    )
-    if run.get("unknown_tasks"):
-        out.append(
-            "\nunknown task names in tags: "
-            + "; ".join(f"{name} on {', '.join(res)}" for name, res in run["unknown_tasks"].items())
-        )
-    actions = run.get("actions") or ledger.actions(run_id)  # event-driven runs keep actions inline
-    if run.get("actor"):
-        actor = run["actor"]
-        out.append(
-            f"\n{run.get('event_name')} by {actor['arn']} ({actor['principal_type']}) from "
-            f"{actor['source_ip']} [{actor['user_agent'][:60]}]; latency {run.get('latency_seconds')}s"
-        )
-    if run.get("ignored"):
-        out.append(f"ignored: {run['ignored']}")
-    out.append("")
-    out.append(
-        table(
-            ["ACCOUNT", "REGION", "RESOURCE", "ACTION", "OUTCOME", "IDS", "ERROR"],
-            [
-                [
-                    a["account"],
-                    a["region"],
-                    a["resource"],
-                    a["action"],
-                    a["outcome"],
-                    ",".join(a.get("created_ids", []) + a.get("deleted_ids", [])),
-                    a.get("error") or "",
-                ]
-                for a in actions
-            ],
-        )
-    )
-    return "\n".join(out)
-
-
 def cmd_runs(args: argparse.Namespace) -> int:
     rt = _runtime()
     if args.action == "show":

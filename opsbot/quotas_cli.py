@@ -13,7 +13,7 @@ from typing import Any
 from automations.breach_checks.alerts import AlertBook
 from automations.breach_checks.checks import plan_check, recent_check_runs, run_checks_now
 from automations.breach_checks.kinds import CHECK_KINDS
-from automations.breach_checks.rules import BreachRules, load_breach_rules
+from automations.breach_checks.rules import QUOTAS_FILE, BreachRules
 from automations.core.notify import Notifier
 from automations.core.runs import Trigger
 from automations.core.runtime import Runtime
@@ -116,7 +116,7 @@ def run_checks(
 
 
 def load_rules(rt: Runtime) -> BreachRules:
-    return load_breach_rules(rt.settings.rules_dir / "quotas.yaml")
+    return rt.rules.get(QUOTAS_FILE)
 
 
 def quotas_check(rt: Runtime, notifier: Notifier | None, principal: str, args: Any) -> int:

@@ -42,6 +42,10 @@ def test_demo_runs_end_to_end_on_the_local_aws():
     assert first[11] == "4/5"  # the legacy-sandbox account is denied: recorded, the others finish
     assert "AccessDenied" in out and "== opsbot task snapshot-daily PARTIAL ==" in out
     assert "kept-ami" in out
+    # DR copies: made once for the slot, found (not copied again) when the slot is re-run.
+    copies = [line.split() for line in out.splitlines() if line.startswith("snapshot-dr-copy-")]
+    assert int(copies[0][7]) > 0 and int(copies[1][7]) == 0 and int(copies[1][8]) == int(copies[0][7])
+    assert "alias/opsbot-dr  yes" in out
     assert "snapshot-dialy" in out
     # Breach flags: the 85% warning, the 96% critical quota, silence while steady, one resolve.
     assert "== Warning: Lambda concurrency at 85.0% in payments-prod/us-east-1 ==" in out

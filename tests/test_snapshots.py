@@ -264,3 +264,35 @@ def test_all_units_across_accounts_and_regions(ledger, fleet, broker, member):
     assert {(u["account"], u["region"]) for u in ledger.units(result["run_id"])} == {
         (a, r) for a in (ACCOUNT_A, ACCOUNT_B) for r in ("us-east-1", "eu-west-1")
     }
+
+
+def test_a_snapshot_whose_reply_was_lost_is_found_by_its_tag_not_taken_twice(ledger, fleet, broker, member):
+    """CreateSnapshot applied, then a 500 for the reply: the slot's tag lookup finds it; one snapshot."""
+    from botocore.exceptions import ClientError
+
+    m = member()
+    volume = m.volume({"OpsTaskList": "snapshot-daily"})
+    once = broker.client(ACCOUNT_A, "us-east-1", "ec2", retries=False)  # the no-retry client the kind uses
+    lost: list[str] = []
+
+    def answer_500_once(**kwargs: Any) -> None:
+        if not lost:
+            lost.append(kwargs["model"].name)
+            raise ClientError(
+                {
+                    "Error": {"Code": "InternalError", "Message": "reply lost"},
+                    "ResponseMetadata": {"HTTPStatusCode": 500},
+                },
+                "CreateSnapshot",
+            )
+
+    once.meta.events.register("after-call.ec2.CreateSnapshot", answer_500_once)
+    try:
+        result = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
+    finally:
+        once.meta.events.unregister("after-call.ec2.CreateSnapshot", answer_500_once)
+    assert lost == ["CreateSnapshot"]
+    assert result["status"] == "SUCCEEDED"
+    assert result["counts"]["created"] == 1 and result["counts"]["found_after_error"] == 1
+    (snap,) = m.snapshots("snapshot-daily")
+    assert snap["VolumeId"] == volume

@@ -17,7 +17,7 @@ the functions using the most concurrency. A function with reserved concurrency g
 against its reservation; it names the function (ARN) so a kill switch can act on exactly that one.
 
 Lambda emits these metrics only while something runs, so no datapoints means no concurrency (0).
-Every metric is read with GetMetricData in as few calls as the API allows (automations/metric_queries).
+Every metric is read with GetMetricData in as few calls as the API allows (metric_queries.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from botocore.exceptions import ClientError
 
 from automations.breach_checks.kinds import CHECK_KINDS, CheckKind, Measurement, MeasureResult
-from automations.breach_checks.metric_queries import MetricQuery, fetch_peaks
+from automations.breach_checks.metric_queries import MetricPeaks, MetricQuery, fetch_peaks
 from automations.core.errors import error_code
 from automations.core.runs import Unit
 
@@ -61,6 +61,95 @@ def _pct(usage: float, limit: float) -> float:
     return 100.0 * usage / limit if limit else 0.0
 
 
+def _reservations(
+    lam: Any,
+    functions: Mapping[str, Any],
+    fn_peak: Mapping[str, float],
+    open_keys: frozenset[str],
+    counts: Counter[str],
+) -> dict[str, int]:
+    """Reserved concurrency only where it can matter: functions that ran, and functions with an open alert."""
+    reserved: dict[str, int] = {}
+    for name in functions:
+        if fn_peak[name] <= 0 and function_key(name) not in open_keys:
+            continue
+        counts["reservations_read"] += 1
+        try:
+            value = lam.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                continue  # deleted since the listing
+            raise
+        if value is not None:
+            reserved[name] = int(value)
+    counts["reserved_functions"] = len(reserved)
+    return reserved
+
+
+def _account_measurement(
+    peaks: MetricPeaks,
+    limits: Mapping[str, Any],
+    fn_peak: Mapping[str, float],
+    reserved: Mapping[str, int],
+    rules: LambdaConcurrencySettings,
+    counts: Counter[str],
+) -> Measurement:
+    """One alert per account/region: the pool that binds first, with every pool and the busiest functions."""
+    account_limit = float(limits["ConcurrentExecutions"])
+    pools = [
+        ("account pool", peaks.get("account") or 0.0, account_limit),
+        ("unreserved pool", peaks.get("unreserved") or 0.0, float(limits["UnreservedConcurrentExecutions"])),
+    ]
+    claimed_peak = peaks.get("claimed")
+    if claimed_peak is not None:
+        counts["claimed_published"] = 1
+        pools.append(("claimed concurrency", claimed_peak, account_limit))
+    label, usage, limit = max(pools, key=lambda p: _pct(p[1], p[2]))
+    busiest = sorted((n for n in fn_peak if fn_peak[n] > 0), key=lambda n: (-fn_peak[n], n))
+    return Measurement(
+        check=CHECK,
+        key=ACCOUNT_KEY,
+        name="Lambda concurrency",
+        service="lambda",
+        quota_code=LAMBDA_CONCURRENCY_QUOTA,
+        usage=usage,
+        limit=limit,
+        unit="concurrent executions",
+        window=f"over the last {rules.lookback_minutes} min, {label}",
+        breakdown=tuple(
+            f"{name.capitalize()}: {peak:,.0f} / {lim:,.0f} ({_pct(peak, lim):.1f}%)"
+            + (" <- binding" if name == label else "")
+            for name, peak, lim in pools
+        ),
+        top=tuple(
+            f"{n}: {fn_peak[n]:,.0f}" + (f" (reserved {reserved[n]})" if n in reserved else "")
+            for n in busiest[: rules.top_functions]
+        ),
+    )
+
+
+def _function_measurement(function: Mapping[str, Any], peak: float, reservation: int, lookback: int) -> Measurement:
+    """A function against its own reservation; it names the function (ARN) so a kill switch acts on it alone."""
+    name, arn = function["FunctionName"], function["FunctionArn"]
+    return Measurement(
+        check=CHECK,
+        key=function_key(name),
+        name=f"Lambda function {name} concurrency",
+        service="lambda",
+        usage=peak,
+        limit=float(reservation),
+        unit="concurrent executions",
+        window=f"over the last {lookback} min, against its reserved concurrency",
+        target={
+            "function_name": name,
+            "function_arn": arn,
+            "account": arn.split(":")[4],
+            "region": arn.split(":")[3],
+            "reserved_concurrency": reservation,
+        },
+    )
+
+
 def measure_lambda_concurrency(
     lam: Any,
     cloudwatch: Any,
@@ -70,8 +159,6 @@ def measure_lambda_concurrency(
 ) -> MeasureResult:
     """``open_keys``: this account/region's open alert keys, so an idle function's alert can resolve."""
     limits = lam.get_account_settings()["AccountLimit"]
-    account_limit = float(limits["ConcurrentExecutions"])
-    unreserved_limit = float(limits["UnreservedConcurrentExecutions"])
     functions = {
         f["FunctionName"]: f for page in lam.get_paginator("list_functions").paginate() for f in page["Functions"]
     }
@@ -88,84 +175,14 @@ def measure_lambda_concurrency(
     peaks = fetch_peaks(cloudwatch, queries, now, rules.lookback_minutes)
     fn_peak = {name: peaks.get(f"fn:{name}") or 0.0 for name in functions}
     counts: Counter[str] = Counter(functions=len(functions))
-    window = f"over the last {rules.lookback_minutes} min"
-
-    # Reservations only where they can matter: functions that ran, and functions with an open alert.
-    reserved: dict[str, int] = {}
-    for name in functions:
-        if fn_peak[name] <= 0 and function_key(name) not in open_keys:
-            continue
-        counts["reservations_read"] += 1
-        try:
-            value = lam.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
-        except ClientError as exc:
-            if error_code(exc) == "ResourceNotFoundException":
-                continue  # deleted since the listing
-            raise
-        if value is not None:
-            reserved[name] = int(value)
-    counts["reserved_functions"] = len(reserved)
-
-    account_peak = peaks.get("account") or 0.0
-    unreserved_peak = peaks.get("unreserved") or 0.0
-    claimed_peak = peaks.get("claimed")
-    pools = [
-        ("account pool", account_peak, account_limit),
-        ("unreserved pool", unreserved_peak, unreserved_limit),
-    ]
-    if claimed_peak is not None:
-        counts["claimed_published"] = 1
-        pools.append(("claimed concurrency", claimed_peak, account_limit))
-    label, usage, limit = max(pools, key=lambda p: _pct(p[1], p[2]))
-    busiest = sorted((n for n in functions if fn_peak[n] > 0), key=lambda n: (-fn_peak[n], n))
-    top = tuple(
-        f"{n}: {fn_peak[n]:,.0f}" + (f" (reserved {reserved[n]})" if n in reserved else "")
-        for n in busiest[: rules.top_functions]
-    )
-    measurements = [
-        Measurement(
-            check=CHECK,
-            key=ACCOUNT_KEY,
-            name="Lambda concurrency",
-            service="lambda",
-            quota_code=LAMBDA_CONCURRENCY_QUOTA,
-            usage=usage,
-            limit=limit,
-            unit="concurrent executions",
-            window=f"{window}, {label}",
-            breakdown=tuple(
-                f"{name.capitalize()}: {peak:,.0f} / {lim:,.0f} ({_pct(peak, lim):.1f}%)"
-                + (" <- binding" if name == label else "")
-                for name, peak, lim in pools
-            ),
-            top=top,
-        )
-    ]
+    reserved = _reservations(lam, functions, fn_peak, open_keys, counts)
+    measurements = [_account_measurement(peaks, limits, fn_peak, reserved, rules, counts)]
     if rules.per_function:
         for name, value in sorted(reserved.items()):
             if value <= 0:
                 counts["throttled_functions"] += 1  # reserved 0: the function is switched off
                 continue
-            arn = functions[name]["FunctionArn"]
-            measurements.append(
-                Measurement(
-                    check=CHECK,
-                    key=function_key(name),
-                    name=f"Lambda function {name} concurrency",
-                    service="lambda",
-                    usage=fn_peak[name],
-                    limit=float(value),
-                    unit="concurrent executions",
-                    window=f"{window}, against its reserved concurrency",
-                    target={
-                        "function_name": name,
-                        "function_arn": arn,
-                        "account": arn.split(":")[4],
-                        "region": arn.split(":")[3],
-                        "reserved_concurrency": value,
-                    },
-                )
-            )
+            measurements.append(_function_measurement(functions[name], fn_peak[name], value, rules.lookback_minutes))
     return MeasureResult(measurements, counts, metric_calls=peaks.calls)
 
 

@@ -40,53 +40,56 @@ def _since(start: str | None, now: str | None) -> str:
     return f"{minutes // 60}h {minutes % 60}m" if minutes >= 60 else f"{minutes}m"
 
 
-def alert_message(t: Transition) -> Alert:
-    """Slack (Block Kit) and SNS rendering of a lifecycle event."""
+def _headline(t: Transition) -> tuple[str, str]:
+    """(title, summary): what happened, in one line and in a sentence or two."""
     s, m = t.state, t.measurement
     where = f"{s['account_name']}/{s['region']}"
     pct = s.get("percent")
     pct_text = f"{pct:.1f}%" if pct is not None else "no data"
     thresholds = s["thresholds"]
-    failure = m.check.endswith("-access")
-    severity = "info" if t.event == "resolved" else s["severity"]
     label = {
         "opened": s["severity"].title(),
         "escalated": "Critical (escalated)",
         "reminder": f"Still open ({s['severity']})",
         "resolved": "Resolved",
     }[t.event]
-    if failure:
-        title = f"{label}: opsbot cannot run {m.name} in {where}"
+    if m.check.endswith("-access"):
         summary = (
             f"The `{m.name}` check has not run in {s['account']}/{s['region']} since {s['opened_at']}: "
             f"{m.note}. Limits there are not being watched."
             if t.event != "resolved"
             else f"The `{m.name}` check runs again in {s['account']}/{s['region']}."
         )
-    elif t.event == "resolved" and pct is None:
-        title = f"{label}: {s['name']} in {where}"
+        return f"{label}: opsbot cannot run {m.name} in {where}", summary
+    if t.event == "resolved" and pct is None:
         summary = (
             f"{m.note or 'No longer measured.'} Open since {s['opened_at']}, peak {s.get('peak_percent') or 0:.1f}%."
         )
-    elif t.event == "resolved":
-        title = f"{label}: {s['name']} back to {pct_text} in {where}"
+        return f"{label}: {s['name']} in {where}", summary
+    if t.event == "resolved":
         summary = (
             f"{s['name']} is at {_num(s.get('usage'))} of {_num(s['limit'])} ({pct_text}), below "
             f"{thresholds['resolve_below']:g}%. Open {_since(s['opened_at'], s['resolved_at'])} "
             f"since {s['opened_at']}, peak {s.get('peak_percent') or 0:.1f}%." + (f" {m.note}" if m.note else "")
         )
-    else:
-        title = f"{label}: {s['name']} at {pct_text} in {where}"
-        reading = (
-            f"peaked at {_num(s.get('usage'))} of {_num(s['limit'])} ({pct_text}) {s['window']}".rstrip()
-            if s.get("no_data_since") is None
-            else f"has had no usage data since {s['no_data_since']}; last reading {pct_text}"
-        )
-        summary = (
-            f"{s['name']} in {s['account']}/{s['region']} {reading}. Warns at "
-            f"{thresholds['warn_percent']:g}%, critical at {thresholds['critical_percent']:g}%; "
-            f"clears below {thresholds['resolve_below']:g}%."
-        )
+        return f"{label}: {s['name']} back to {pct_text} in {where}", summary
+    reading = (
+        f"peaked at {_num(s.get('usage'))} of {_num(s['limit'])} ({pct_text}) {s['window']}".rstrip()
+        if s.get("no_data_since") is None
+        else f"has had no usage data since {s['no_data_since']}; last reading {pct_text}"
+    )
+    summary = (
+        f"{s['name']} in {s['account']}/{s['region']} {reading}. Warns at "
+        f"{thresholds['warn_percent']:g}%, critical at {thresholds['critical_percent']:g}%; "
+        f"clears below {thresholds['resolve_below']:g}%."
+    )
+    return f"{label}: {s['name']} at {pct_text} in {where}", summary
+
+
+def _facts(t: Transition, failure: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """(fields, details): the numbers, and the breakdown behind them."""
+    s = t.state
+    pct = s.get("percent")
     fields: list[tuple[str, str]] = [
         ("Quota", f"{s['name']}" + (f" ({s['quota_code']})" if s.get("quota_code") else "")),
         ("Account", f"{s['account_name']} ({s['account']})"),
@@ -95,7 +98,7 @@ def alert_message(t: Transition) -> Alert:
     if not failure:
         fields += [
             ("Usage / limit", f"{_num(s.get('usage'))} / {_num(s['limit'])}"),
-            ("Percent", pct_text),
+            ("Percent", f"{pct:.1f}%" if pct is not None else "no data"),
             (
                 "Since last check",
                 direction(t.previous_percent, pct if s.get("no_data_since") is None else None, t.event),
@@ -110,9 +113,19 @@ def alert_message(t: Transition) -> Alert:
         details.append(f"Function: {target['function_arn']} (reserved {target.get('reserved_concurrency')})")
     if s.get("link"):
         details.append(f"<{s['link']}|Service Quotas console>")
+    return fields, details
+
+
+def alert_message(t: Transition) -> Alert:
+    """Slack (Block Kit) and SNS rendering of a lifecycle event."""
+    s = t.state
+    failure = t.measurement.check.endswith("-access")
+    title, summary = _headline(t)
+    fields, details = _facts(t, failure)
     check = s["check"].removesuffix("-access")
     kind = CHECK_KINDS.get(check) if check in CHECK_KINDS else None
     runbook = kind.runbook if kind else "docs/runbooks/quota-breach.md"
+    target = s.get("target") or {}
     # A function's concurrency alert carries its kill switch; the button names the alert, not the function.
     buttons: list[tuple[str, str, str, str | None]] = (
         [("Kill switch", KILL_SWITCH_FLIP, json.dumps({"alert_id": s["alert_id"]}), "danger")]
@@ -122,7 +135,7 @@ def alert_message(t: Transition) -> Alert:
     return Alert(
         kind="breach-check-failed" if failure or kind is None else kind.alert_kind,
         title=title,
-        severity=severity,
+        severity="info" if t.event == "resolved" else s["severity"],
         summary=summary,
         fields=fields,
         details=details,
@@ -130,18 +143,8 @@ def alert_message(t: Transition) -> Alert:
         buttons=buttons,
         data={
             "event": t.event,
-            "alert_id": s["alert_id"],
-            "status": s["status"],
-            "severity": s["severity"],
-            "check": s["check"],
-            "key": s["key"],
-            "account": s["account"],
-            "region": s["region"],
-            "service": s.get("service"),
-            "quota_code": s.get("quota_code"),
-            "usage": s.get("usage"),
-            "limit": s.get("limit"),
-            "percent": pct,
+            **{k: s.get(k) for k in ("alert_id", "status", "severity", "check", "key", "account", "region")},
+            **{k: s.get(k) for k in ("service", "quota_code", "usage", "limit", "percent")},
             "previous_percent": t.previous_percent,
             "target": target or None,
         },

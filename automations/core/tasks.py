@@ -105,6 +105,8 @@ def _semantic_checks(doc: LoadedDocument) -> list[Problem]:
 
 
 def tasks_from_document(doc: LoadedDocument) -> dict[str, TaskDefinition]:
+    if not len(TASK_KINDS):  # an entry point forgot to import the capabilities: say so, not "unknown kind"
+        raise RuntimeError("no task kinds are registered: import automations.catalog first")
     validate_document(doc, tasks_schema(), [_semantic_checks])
     out: dict[str, TaskDefinition] = {}
     for t in doc.data["tasks"]:

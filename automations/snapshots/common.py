@@ -14,12 +14,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from automations.core.errors import error_code, error_text
 from automations.core.kinds import UnitContext
+from automations.core.ledger import Action
 
 TAG_TASK, TAG_RUN, TAG_SLOT = "opsbot:task", "opsbot:run-id", "opsbot:slot"
 TAG_VOLUME, TAG_INSTANCE = "opsbot:volume-id", "opsbot:instance-id"
@@ -189,16 +191,18 @@ def apply_retention(
     snapshots: list[ExistingSnapshot],
     amis: AmiSnapshots,
     counts: Counter[str],
-    where: str | None = None,
+    where: tuple[str, str] | None = None,
 ) -> None:
     """Delete this task's snapshots of one volume that are past retention (never one backing an AMI).
 
-    ``where`` names the account/region when it is not the unit's own (a DR copy)."""
+    ``where`` is the (account, region) they are in when it is not the unit's own (DR copies): the
+    ledger records each deletion where it happened."""
     if retention is None:
         return
     for snap in expired(snapshots, retention.keep_last, retention.max_age_days, ctx.now()):
-        base = ctx.about(snap.snapshot_id, "delete-snapshot")
-        detail = {"volume_id": volume_id, "started": snap.start_time.isoformat(), **({"in": where} if where else {})}
+        account, region = where or (ctx.account, ctx.region)
+        base = partial(Action, account, region, snap.snapshot_id, "delete-snapshot")
+        detail = {"volume_id": volume_id, "started": snap.start_time.isoformat()}
         if image := amis.image_of(snap.snapshot_id):
             counts["kept_ami"] += 1
             ctx.record(base(outcome="kept-ami", detail={**detail, "image_id": image}))

@@ -6,8 +6,10 @@ Copies are encrypted with the task's KMS key, carry the source's tags plus their
 region, account, slot), and the copy task keeps its own retention in the DR region.
 
 CopySnapshot takes no client token. A copy is found by its ``opsbot:source-snapshot`` tag, written with
-the copy itself (TagSpecifications), so a retried slot, a lost reply or an overlapping run never makes
-a second copy of one source (``automations.snapshots.common.create_once``).
+the copy itself (TagSpecifications), so a retried slot or a lost reply never makes a second copy of one
+source (``automations.snapshots.common.create_once``). A copy that ended in state ``error`` (a KMS key
+the copy could not use, found only after the call returned) counts as no copy: it is deleted and the
+source copied again.
 
 Into another account, the source is first shared with it (ModifySnapshotAttribute createVolumePermission)
 and the copy is made there with the member role of that account. An encrypted source must then use a
@@ -20,12 +22,14 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any, ClassVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from automations.core.errors import error_text
+from automations.core.errors import error_code, error_text
 from automations.core.kinds import TASK_KINDS, KindEnv, TaskDefinition, TaskKind, UnitContext, UnitOutcome
+from automations.core.ledger import Action
 from automations.core.notify import Alert
 from automations.core.rulebook import LoadedDocument, Problem
 from automations.core.schedules import slot_label
@@ -141,7 +145,7 @@ class EbsSnapshotCopy(TaskKind[CopyOptions]):
         kinds = {t["name"]: t["kind"] for t in doc.data["tasks"]}
         source = task["source_task"]
         if kinds.get(source) != "ebs-snapshot":
-            found = f"a {kinds[source]} task" if source in kinds else "no task of that name"
+            found = f"a task of kind {kinds[source]}" if source in kinds else "no task of that name"
             return [
                 doc.problem(("tasks", index, "source_task"), f"{source!r} must be an ebs-snapshot task; found {found}")
             ]
@@ -155,22 +159,24 @@ class EbsSnapshotCopy(TaskKind[CopyOptions]):
     def run_unit(self, ctx: UnitContext[CopyOptions]) -> UnitOutcome:
         opts = ctx.options
         dest_account, dest_region = opts.destination(ctx.account)
-        where = f"{dest_account}/{dest_region}"
+        here = (ctx.account, ctx.region)
         source_ec2 = ctx.client("ec2")
         dest_ec2 = ctx.client("ec2", dest_account, dest_region)
         outcome = UnitOutcome()
         counts = outcome.counts
-        since = ctx.now() - timedelta(days=opts.lookback_days)
+        # From the slot, so a re-run of an older slot (opsbot run --slot) reaches that slot's snapshots.
+        since = ctx.slot - timedelta(days=opts.lookback_days)
         sources = sorted(
             (s for group in snapshots_by(source_ec2, opts.source_task, TAG_VOLUME).values() for s in group),
             key=lambda s: s.start_time,
         )
-        copies = {
-            key: group[0]
-            for key, group in snapshots_by(dest_ec2, ctx.task.name, TAG_SOURCE).items()
-            if group[0].tags.get(TAG_SOURCE_ACCOUNT) == ctx.account
-            and group[0].tags.get(TAG_SOURCE_REGION) == ctx.region
-        }
+        copies: dict[str, ExistingSnapshot] = {}
+        for key, group in snapshots_by(dest_ec2, ctx.task.name, TAG_SOURCE).items():
+            mine = [c for c in group if (c.tags.get(TAG_SOURCE_ACCOUNT), c.tags.get(TAG_SOURCE_REGION)) == here]
+            for broken in (c for c in mine if c.state == "error"):
+                self._drop_failed_copy(ctx, dest_ec2, broken, (dest_account, dest_region), counts)
+            if usable := [c for c in mine if c.state != "error"]:
+                copies[key] = usable[0]
         failed_volumes: set[str] = set()
         for index, source in enumerate(sources):
             if ctx.deadline.near():
@@ -192,9 +198,33 @@ class EbsSnapshotCopy(TaskKind[CopyOptions]):
         amis = AmiSnapshots(dest_ec2)
         for volume, group in sorted(by_volume.items()):
             if volume not in failed_volumes:  # never thin a volume's DR copies after a failed copy
-                apply_retention(dest_ec2, ctx, opts.retention, volume, group, amis, counts, where)
+                apply_retention(dest_ec2, ctx, opts.retention, volume, group, amis, counts, (dest_account, dest_region))
         outcome.problems += failed_problems(counts)
         return outcome
+
+    def _drop_failed_copy(
+        self,
+        ctx: UnitContext[CopyOptions],
+        dest_ec2: Any,
+        broken: ExistingSnapshot,
+        where: tuple[str, str],
+        counts: Counter[str],
+    ) -> None:
+        """A copy in state error restores nothing: delete it (the source is copied again this run)."""
+        base = partial(Action, *where, broken.snapshot_id, "delete-failed-copy")
+        detail = {"source": broken.tags.get(TAG_SOURCE), "volume_id": broken.tags.get(TAG_VOLUME)}
+        if ctx.dry_run:
+            ctx.record(base(outcome="would-delete", detail=detail))
+            return
+        try:
+            dest_ec2.delete_snapshot(SnapshotId=broken.snapshot_id)
+        except ClientError as exc:
+            if error_code(exc) != "InvalidSnapshot.NotFound":
+                counts["failed"] += 1
+                ctx.record(base(outcome="failed", error=error_text(exc), detail=detail))
+                return
+        counts["failed_copies_deleted"] += 1
+        ctx.record(base(outcome="deleted", deleted_ids=[broken.snapshot_id], detail=detail))
 
     def _copy(
         self,

@@ -27,6 +27,12 @@ What moto (5.2) lacks, and what this adds to it:
         empty payload that was signed, so every Lambda read (ListFunctions, GetFunctionConcurrency,
         GetAccountSettings) fails SignatureDoesNotMatch. The shim verifies it over the empty payload.
 
+  4. ec2:CopySnapshot of a snapshot another account shared with the caller (createVolumePermission):
+     moto looks for the source only in the caller's own account, so a DR account cannot copy what a
+     member shared with it. The shim looks in the account that shared it, as EC2 does (Amazon EBS
+     User Guide, "Share an Amazon EBS snapshot" and "Copy an Amazon EBS snapshot"); a snapshot that
+     was not shared with the caller still fails InvalidSnapshot.NotFound.
+
 CloudWatch metrics that AWS publishes itself (AWS/Lambda, AWS/Usage) are put locally with
 PutMetricData (opsbot/local/seed.py); moto accepts those namespaces, AWS would not.
 """
@@ -234,6 +240,45 @@ def _patched_iam_init(original: Any) -> Any:
     return init
 
 
+# ---- EC2: copy a snapshot another account shared ------------------------------------------------
+def _patched_copy_snapshot(original: Any) -> Any:
+    def copy_snapshot(
+        self: Any, source_snapshot_id: str, source_region: str, description: str, kms_key_id: str | None
+    ) -> Any:
+        from moto.ec2.exceptions import InvalidSnapshotIdError
+        from moto.ec2.models import ec2_backends
+        from moto.ec2.models.elastic_block_store import Snapshot
+        from moto.ec2.utils import random_snapshot_id
+
+        try:
+            return original(self, source_snapshot_id, source_region, description, kms_key_id)
+        except InvalidSnapshotIdError:
+            for owner in list(ec2_backends):
+                regions = ec2_backends[owner]
+                # keys(): only backends that exist (``in`` would count any known region, and [] would create one).
+                if owner == self.account_id or source_region not in regions.keys():  # noqa: SIM118
+                    continue
+                source = regions[source_region].snapshots.get(source_snapshot_id)
+                if source is not None and (
+                    self.account_id in source.create_volume_permission_userids
+                    or "all" in source.create_volume_permission_groups
+                ):
+                    copy = Snapshot(
+                        self,
+                        random_snapshot_id(),
+                        volume=source.volume,
+                        description=description,
+                        encrypted=source.encrypted,
+                        kms_key_id=kms_key_id,
+                    )
+                    self.snapshots[copy.id] = copy
+                    return copy
+            raise
+
+    copy_snapshot.opsbot_original = original  # type: ignore[attr-defined]
+    return copy_snapshot
+
+
 # ---- install ----------------------------------------------------------------------------------
 _ORIGINAL_DEFAULTS: Any = None  # moto's own ListAWSDefaultServiceQuotas, put back by uninstall()
 
@@ -242,6 +287,7 @@ def install() -> None:
     """Add the shim to moto (idempotent). Before the server's first request, or inside mock_aws."""
     from moto.awslambda import urls as lambda_urls
     from moto.awslambda.responses import LambdaResponse
+    from moto.ec2.models.elastic_block_store import EBSBackend
     from moto.iam.access_control import IAMRequestBase
     from moto.servicequotas.responses import ServiceQuotasResponse
 
@@ -256,11 +302,14 @@ def install() -> None:
     ServiceQuotasResponse.request_service_quota_increase = _request_service_quota_increase  # type: ignore[attr-defined]
     if not hasattr(IAMRequestBase.__init__, "opsbot_original"):
         IAMRequestBase.__init__ = _patched_iam_init(IAMRequestBase.__init__)  # type: ignore[method-assign]
+    if not hasattr(EBSBackend.copy_snapshot, "opsbot_original"):
+        EBSBackend.copy_snapshot = _patched_copy_snapshot(EBSBackend.copy_snapshot)  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     from moto.awslambda import urls as lambda_urls
     from moto.awslambda.responses import LambdaResponse
+    from moto.ec2.models.elastic_block_store import EBSBackend
     from moto.iam.access_control import IAMRequestBase
     from moto.servicequotas.responses import ServiceQuotasResponse
 
@@ -277,6 +326,9 @@ def uninstall() -> None:
     original = getattr(IAMRequestBase.__init__, "opsbot_original", None)
     if original is not None:
         IAMRequestBase.__init__ = original  # type: ignore[method-assign]
+    copy = getattr(EBSBackend.copy_snapshot, "opsbot_original", None)
+    if copy is not None:
+        EBSBackend.copy_snapshot = copy  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 1. start moto (its own process) and the Slack stand-in; seed the fleet; switch on IAM enforcement
 2. run snapshot-daily: snapshots, retention, an AMI-backed snapshot kept, a denied account -> Slack alert
 3. run the same slot again: nothing duplicated
+   then snapshot-dr-copy: encrypted, tagged copies in the DR region, twice for one slot, no duplicate
 4. breach flags (demo_breaches.py): Lambda concurrency at 85%, a quota at 96%, a resolve once usage drops
 """
 
@@ -16,14 +17,15 @@ from pathlib import Path
 
 from automations.core.runs import Trigger, plan_run, run_now
 from automations.core.runtime import Settings, build_notifier, build_runtime
-from opsbot.cli import runs_table
 from opsbot.environment import apply_local_environment, session
 from opsbot.local import server
 from opsbot.local.demo_breaches import breach_chapter
+from opsbot.local.demo_dr import dr_copy_chapter
 from opsbot.local.demo_killswitch import killswitch_chapter
 from opsbot.local.demo_security import security_chapter
 from opsbot.local.lifecycle import seed_into
 from opsbot.local.slack_standin import SlackStandIn
+from opsbot.runs_view import runs_table
 from opsbot.tables import table
 
 
@@ -88,6 +90,7 @@ def demo(port: int = 0) -> int:
                 )
             )
             print("unknown task names in tags:", first.get("unknown_tasks"))
+            dr_copy_chapter(rt, notifier, now.replace(hour=5, minute=37), _say)
             breach_chapter(state, rt, notifier, slack, _say)
             security_chapter(state, rt, notifier, _say)
             killswitch_chapter(state, rt, notifier, slack, _say)

@@ -13,10 +13,10 @@ import boto3
 from automations.core.notify import Notifier
 from automations.core.runs import Trigger, plan_run, run_now
 from automations.core.runtime import Runtime
-from opsbot.cli import runs_table, show_run
 from opsbot.local.cloudtrail import authorize_ingress_event, put_on_bus
 from opsbot.local.events import EventRouter
 from opsbot.local.seed_security import PERSON
+from opsbot.runs_view import runs_table, show_run
 
 REGION = "us-east-1"
 SSH_TO_THE_WORLD: list[Any] = [

@@ -19,7 +19,10 @@ from typing import Any
 import boto3
 
 from automations.core.fleet import Fleet
+from automations.core.kinds import TaskDefinition
+from automations.core.rulebook import DEFAULT_RULES_DIR
 from automations.core.schedules import slot_label
+from automations.core.tasks import load_tasks
 from opsbot.cfn import PROJECT_ROOT, load_template
 from opsbot.local.seed_breaches import seed_breaches
 from opsbot.local.seed_killswitch import seed_killswitch
@@ -241,6 +244,25 @@ def seed_region(
     )
 
 
+def seed_dr_keys(members: dict[str, boto3.Session], tasks: dict[str, TaskDefinition]) -> list[str]:
+    """The KMS key each DR copy task names (an alias), in its DR region of every account it copies into."""
+    made = []
+    for task in tasks.values():
+        if task.kind != "ebs-snapshot-copy" or not task.options.kms_key_id.startswith("alias/"):
+            continue
+        for account in members:
+            target = task.options.account or account
+            if target not in members:
+                continue
+            kms: Any = members[target].client("kms", region_name=task.options.region)
+            if any(a["AliasName"] == task.options.kms_key_id for a in kms.list_aliases()["Aliases"]):
+                continue
+            key = kms.create_key(Description=f"opsbot DR copies ({task.name})")["KeyMetadata"]["KeyId"]
+            kms.create_alias(AliasName=task.options.kms_key_id, TargetKeyId=key)
+            made.append(f"{task.options.kms_key_id} in {target}/{task.options.region}")
+    return made
+
+
 def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") -> SeedReport:
     """Build the fleet. ``base`` uses the bootstrap keys, i.e. moto's default account (the hub)."""
     hub_account = base.client("sts").get_caller_identity()["Account"]
@@ -254,6 +276,8 @@ def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") 
             allowed.append(account.id)
         for region in account.regions:
             seed_region(member, account.name, region, task, report)
+    dr = seed_dr_keys(members, load_tasks(DEFAULT_RULES_DIR / "tasks.yaml"))
+    report.lines.append(f"DR copy keys: {'; '.join(dr) or 'none'}")
     report.security = seed_security(base, members, {a.id: a.regions for a in fleet.accounts})
     report.lines.append(report.security["line"])
     first = fleet.accounts[0].id
