@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Any
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
+from automations.core.fleet import CLIENT_CONFIG
 from automations.core.notify import Notifier
 from automations.core.runtime import Runtime, Settings, build_notifier, build_runtime
 
@@ -35,6 +37,7 @@ def _runtime_for(fleet_text: str | None) -> Runtime:
 def reset() -> None:
     """Forget the built runtime (tests switch rules and tables between cases)."""
     _runtime_for.cache_clear()
+    sqs.cache_clear()
 
 
 def notifier() -> Notifier:
@@ -48,6 +51,11 @@ def notifier() -> Notifier:
 def _notifier_for(token: str | None) -> Notifier:
     """Clients are reused across warm invocations; a new token builds a new notifier."""
     return build_notifier(Settings.from_mapping(os.environ), boto3.Session(), token)
+
+
+@lru_cache(maxsize=1)
+def sqs() -> Any:
+    return boto3.client("sqs", config=CLIENT_CONFIG)
 
 
 def idempotency_store() -> DynamoDBPersistenceLayer:

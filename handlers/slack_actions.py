@@ -7,22 +7,18 @@ resolve the alert, queue for handlers.kill_switch_worker) and returns its answer
 from __future__ import annotations
 
 import base64
-import json
 import os
-from functools import cache
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from automations.breach_checks.alerts import AlertBook
 from automations.core import iam
-from automations.core.fleet import CLIENT_CONFIG
-from automations.kill_switches.slack_buttons import ONCALL_FILE, REQUEST_GRANTS, handle_request
+from automations.kill_switches.slack_buttons import ONCALL_FILE, REQUEST_GRANTS, handle_request, queue_sender
 from automations.kill_switches.switchboard import Switchboard
-from handlers._wiring import logger, notifier, runtime, tracer
+from handlers._wiring import logger, notifier, runtime, sqs, tracer
 
 app = APIGatewayRestResolver()
 PERMISSIONS = {
@@ -37,15 +33,6 @@ PERMISSIONS = {
 }
 
 
-@cache
-def _sqs() -> Any:
-    return boto3.client("sqs", config=CLIENT_CONFIG)
-
-
-def _enqueue(job: dict[str, Any]) -> None:
-    _sqs().send_message(QueueUrl=os.environ["OPSBOT_KILLSWITCH_QUEUE_URL"], MessageBody=json.dumps(job))
-
-
 @app.post("/slack/actions")
 def slack_actions() -> Response[str]:
     event = app.current_event
@@ -56,7 +43,7 @@ def slack_actions() -> Response[str]:
     status, text = handle_request(
         body,
         dict(event.headers or {}),
-        enqueue=_enqueue,
+        enqueue=queue_sender(sqs(), os.environ["OPSBOT_KILLSWITCH_QUEUE_URL"]),
         signing_secret=str(parameters.get_secret(os.environ["OPSBOT_SLACK_SIGNING_SECRET_NAME"], max_age=300)),
         table=rt.ledger.table,
         oncall=rt.rules.get(ONCALL_FILE),

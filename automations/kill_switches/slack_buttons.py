@@ -193,6 +193,15 @@ def accept(
     }
 
 
+def queue_sender(sqs: Any, queue_url: str) -> Callable[[dict[str, Any]], None]:
+    """How an accepted press reaches the worker: one SQS message per job."""
+
+    def send(job: dict[str, Any]) -> None:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(job))
+
+    return send
+
+
 def handle_request(
     body: str,
     headers: Mapping[str, str],

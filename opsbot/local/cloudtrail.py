@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from automations.core.clock import parse_time
+
 RECORDS = Path(__file__).with_name("records")
 
 
@@ -108,7 +110,7 @@ def put_on_bus(events_client: Any, event: dict[str, Any]) -> None:
                 "DetailType": event["detail-type"],
                 "Detail": json.dumps(event["detail"]),
                 "Resources": event.get("resources", []),
-                "Time": datetime.fromisoformat(event["time"].replace("Z", "+00:00")),
+                "Time": parse_time(event["time"]),
             }
         ]
     )

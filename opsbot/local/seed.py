@@ -27,6 +27,7 @@ from opsbot.cfn import PROJECT_ROOT, load_template
 from opsbot.local.seed_breaches import seed_breaches
 from opsbot.local.seed_killswitch import seed_killswitch
 from opsbot.local.seed_security import seed_security
+from opsbot.permissions import OPERATOR
 
 DENIED_ACCOUNT_NAME = "legacy-sandbox"
 OPERATOR_USER = "opsbot-operator"
@@ -93,6 +94,15 @@ def create_member_role(session: boto3.Session, fleet: Fleet, hub_account: str) -
     )
 
 
+# The local hub identity also stands in for the Slack endpoint when the demo presses a button.
+LOCAL_HUB_EXTRAS = frozenset({"sqs:SendMessage"})
+
+
+def hub_actions() -> list[str]:
+    """What the operator role may do in the hub (opsbot/permissions.py), as action names."""
+    return sorted({g.action for g in OPERATOR if g.action != "sts:AssumeRole"} | LOCAL_HUB_EXTRAS)
+
+
 def create_operator(session: boto3.Session, fleet: Fleet, allowed_accounts: list[str]) -> dict[str, str]:
     """The hub identity the local CLI and demo use: the hub functions' permissions, nothing more."""
     iam = session.client("iam")
@@ -108,32 +118,7 @@ def create_operator(session: boto3.Session, fleet: Fleet, allowed_accounts: list
                     "Action": "sts:AssumeRole",
                     "Resource": [fleet.role_arn(a) for a in allowed_accounts],
                 },
-                {
-                    "Effect": "Allow",
-                    "Action": [
-                        "dynamodb:GetItem",
-                        "dynamodb:PutItem",
-                        "dynamodb:UpdateItem",
-                        "dynamodb:DeleteItem",
-                        "dynamodb:Query",
-                        "dynamodb:BatchWriteItem",
-                        "dynamodb:DescribeTable",
-                        "sns:Publish",
-                        "secretsmanager:GetSecretValue",
-                        "ssm:GetParameter",
-                        "sqs:SendMessage",
-                        "events:ListRules",
-                        "events:DescribeRule",
-                        "events:DisableRule",
-                        "events:EnableRule",
-                        "scheduler:ListScheduleGroups",
-                        "scheduler:ListSchedules",
-                        "scheduler:GetSchedule",
-                        "scheduler:UpdateSchedule",
-                        "iam:PassRole",
-                    ],
-                    "Resource": "*",
-                },
+                {"Effect": "Allow", "Action": hub_actions(), "Resource": "*"},
             ]
         ),
     )
