@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-.PHONY: install demo test lint typecheck cfn validate pytest bench bench-quotas package clean
+.PHONY: install demo test lint typecheck cfn validate pytest fuzz bench bench-quotas package clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck cfn validate pytest
+
+# Property-based tests over the real recorded inputs: 2,000 mutated examples per handler, with counts.
+# (`make test` runs the same tests with the small "ci" profile.)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -s -m fuzz -p no:cacheprovider tests/test_fuzz_inputs.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/snapshot_bench.py

@@ -9,9 +9,13 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from automations.core import iam
+from automations.core.boundary import InputError
+from automations.core.intake import report_unreadable
 from automations.kill_switches.policies import POLICIES_FILE, on_alarm_event, policy_alert
 from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS, Switchboard
 from handlers._wiring import idempotency_store, logger, notifier, runtime, tracer
+
+RUNBOOK = "docs/runbooks/kill-switch.md"
 
 PERMISSIONS = {
     "handler": SWITCHBOARD_GRANTS | iam.IDEMPOTENCY_STORE | iam.NOTIFY | iam.READ_FLEET | iam.ASSUME_MEMBER_ROLE,
@@ -23,7 +27,11 @@ PERMISSIONS = {
 @idempotent(config=IdempotencyConfig(event_key_jmespath="id"), persistence_store=idempotency_store())
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
-    results = on_alarm_event(event, rt.rules.get(POLICIES_FILE), Switchboard(rt.ledger.table, rt.broker.client))
+    try:
+        results = on_alarm_event(event, rt.rules.get(POLICIES_FILE), Switchboard(rt.ledger.table, rt.broker.client))
+    except InputError as exc:  # recorded, announced once an hour, then raised for the dead-letter queue
+        report_unreadable("alarm event", event, exc, rt.ledger, notifier(), rt.ledger.clock(), RUNBOOK)
+        raise
     if alert := policy_alert(event, results):
         notifier().send(alert)
     return {"results": [{"target": str(r.target), "outcome": r.outcome} for r in results]}

@@ -19,9 +19,8 @@ from automations.breach_checks.checks import close_check, plan_check, run_check_
 from automations.breach_checks.kinds import CHECK_KINDS
 from automations.breach_checks.rules import QUOTAS_FILE, BreachRules
 from automations.core import iam
-from automations.core.clock import parse_time
 from automations.core.deadline import Deadline
-from automations.core.runs import Trigger, Unit
+from automations.core.runs import CloseRequest, ScheduleEvent, Unit
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
 
 # Stop before starting when 20 s are left: enough to record the unit (and its failure alert).
@@ -53,8 +52,8 @@ def book() -> AlertBook:
 @idempotent(config=IdempotencyConfig(event_key_jmespath="[check, time]"), persistence_store=idempotency_store())
 def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
-    trigger = Trigger(type="schedule", event_id=event.get("id"), event_time=event.get("time"))
-    result = plan_check(rt.ledger, rt.fleet, rules(), event["check"], trigger, parse_time(event["time"])).as_dict()
+    scheduled = ScheduleEvent.parse(event, "check")  # InputError: the execution fails (PlanFailed, alarmed)
+    result = plan_check(rt.ledger, rt.fleet, rules(), scheduled.job, scheduled.trigger(), scheduled.time).as_dict()
     logger.info("planned check", extra={"run_id": result["run_id"], "units": len(result["units"])})
     return result
 
@@ -89,8 +88,14 @@ def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 def close(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
-    reason = (event.get("error") or {}).get("Error")
+    request = CloseRequest.parse(event)
     run = close_check(
-        event["run_id"], rt.ledger, rules=rules(), fleet=rt.fleet, book=book(), notifier=notifier(), reason=reason
+        request.run_id,
+        rt.ledger,
+        rules=rules(),
+        fleet=rt.fleet,
+        book=book(),
+        notifier=notifier(),
+        reason=request.reason,
     )
     return {"run_id": run["run_id"], "status": run["status"], "counts": run.get("counts", {})}

@@ -4,7 +4,6 @@ then dead-lettered, alone) and Idempotency on the request: a redelivered message
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -13,7 +12,8 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from automations.core import iam
-from automations.kill_switches.slack_buttons import complete
+from automations.core.boundary import loads
+from automations.kill_switches.slack_buttons import complete, parse_job
 from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS, Switchboard
 from handlers._wiring import idempotency_store, logger, runtime, tracer
 
@@ -34,7 +34,11 @@ def do(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_handler(record: SQSRecord) -> dict[str, Any]:
-    return do(job=json.loads(record.body))
+    # A job that cannot be read fails this record alone: redelivered, then dead-lettered with the others'
+    # success kept (partial batch response).
+    job = loads(record.body, f"message {record.message_id}", "body")
+    parse_job(job)
+    return do(job=job)
 
 
 @logger.inject_lambda_context

@@ -15,9 +15,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from automations import catalog
 from automations.core import iam
-from automations.core.clock import parse_time
 from automations.core.deadline import Deadline
-from automations.core.runs import Trigger, Unit, close_run, plan_run, run_unit
+from automations.core.runs import CloseRequest, ScheduleEvent, Unit, close_run, plan_run, run_unit
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
 
 # Stop starting new volumes when 30 s are left: enough to flush the ledger and record the unit.
@@ -37,9 +36,9 @@ PERMISSIONS = {
 @idempotent(config=IdempotencyConfig(event_key_jmespath="[task, id]"), persistence_store=idempotency_store())
 def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
-    trigger = Trigger(type="schedule", event_id=event.get("id"), event_time=event.get("time"))
+    scheduled = ScheduleEvent.parse(event, "task")  # InputError: the execution fails (PlanFailed, alarmed)
     result = plan_run(
-        rt.ledger, rt.fleet, rt.tasks, event["task"], trigger, parse_time(event["time"]), rules=rt.rules
+        rt.ledger, rt.fleet, rt.tasks, scheduled.job, scheduled.trigger(), scheduled.time, rules=rt.rules
     ).as_dict()
     logger.info("planned run", extra={"run_id": result["run_id"], "units": len(result["units"])})
     return result
@@ -66,6 +65,6 @@ def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 def close(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     # The state machine passes the Map's error (if the Map itself failed) so the record says why.
-    reason = (event.get("error") or {}).get("Error")
-    run = close_run(event["run_id"], rt.ledger, notifier(), reason=reason, rules=rt.rules)
+    request = CloseRequest.parse(event)
+    run = close_run(request.run_id, rt.ledger, notifier(), reason=request.reason, rules=rt.rules)
     return {"run_id": run["run_id"], "status": run["status"], "counts": run.get("counts", {})}

@@ -15,9 +15,10 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from automations.core import iam
+from automations.core.boundary import InputError, source_id
 from automations.security_groups.enforcement import FINDINGS_GRANTS
 from automations.security_groups.policy import POLICY_FILE
-from automations.security_groups.remediation import EventError, handle_event
+from automations.security_groups.remediation import handle_event
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
 
 PERMISSIONS = {
@@ -34,13 +35,14 @@ PERMISSIONS = {
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 @idempotent(
-    config=IdempotencyConfig(event_key_jmespath="id", raise_on_no_idempotency_key=True),
+    # EventBridge always sends an id; an event without one is still judged (fail closed), just not deduplicated.
+    config=IdempotencyConfig(event_key_jmespath="id", raise_on_no_idempotency_key=False),
     persistence_store=idempotency_store(),
 )
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     if not rt.rules.exists(POLICY_FILE):
-        raise EventError(f"event {event.get('id')}: no rules/security_groups.yaml in the package")
+        raise InputError(source_id(event), "rules/security_groups.yaml", "not in the package")
     result = handle_event(event, rt.broker, rt.rules.get(POLICY_FILE), rt.ledger, notifier())
     for name in ("revoked", "alerted", "failed"):
         metrics.add_metric(name=f"SgRules{name.title()}", unit=MetricUnit.Count, value=result["counts"].get(name, 0))

@@ -6,7 +6,6 @@ resolve the alert, queue for handlers.kill_switch_worker) and returns its answer
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Any
 
@@ -36,13 +35,11 @@ PERMISSIONS = {
 @app.post("/slack/actions")
 def slack_actions() -> Response[str]:
     event = app.current_event
-    body = event.body or ""
-    if event.is_base64_encoded:
-        body = base64.b64decode(body).decode()
     rt = runtime()
-    status, text = handle_request(
-        body,
-        dict(event.headers or {}),
+    answer = handle_request(
+        event.get("body"),
+        event.get("headers") or {},
+        base64_encoded=bool(event.get("isBase64Encoded")),
         enqueue=queue_sender(sqs(), os.environ["OPSBOT_KILLSWITCH_QUEUE_URL"]),
         signing_secret=str(parameters.get_secret(os.environ["OPSBOT_SLACK_SIGNING_SECRET_NAME"], max_age=300)),
         table=rt.ledger.table,
@@ -51,8 +48,8 @@ def slack_actions() -> Response[str]:
         lookup_alert=AlertBook(rt.ledger.table).get,
         board=Switchboard(rt.ledger.table, rt.broker.client),
     )
-    logger.info("slack action answered", extra={"status": status, "reason": text})
-    return Response(status_code=status, content_type="text/plain", body=text)
+    logger.info("slack action answered", extra={"status": answer.status, "reason": answer.body[:200]})
+    return Response(status_code=answer.status, content_type=answer.content_type, body=answer.body)
 
 
 @logger.inject_lambda_context

@@ -23,6 +23,8 @@ os.environ.update(
     POWERTOOLS_TRACE_DISABLED="true",
     POWERTOOLS_METRICS_NAMESPACE="OpsbotTest",
     POWERTOOLS_SERVICE_NAME="opsbot",
+    POWERTOOLS_LOG_LEVEL="WARNING",
+    POWERTOOLS_METRICS_DISABLED="true",  # handlers run in-process; their INFO lines would bury pytest's output
     OPSBOT_USE_AWS="1",  # never pick up a developer's `opsbot local up` state in tests
     # Two public AMIs instead of moto's thousands per region: describe_images answers in ms, not seconds.
     MOTO_AMIS_PATH=str(Path(__file__).parent.parent / "opsbot" / "local" / "amis.json"),
@@ -37,7 +39,7 @@ from automations.core.tasks import TaskDefinition, load_tasks
 from opsbot.local.hub import LEDGER_TABLE, create_tables
 
 # Breach-flag fixtures (shimmed, inbox, book), registered here so pytest rewrites their asserts.
-pytest_plugins = ["tests.breach_support"]
+pytest_plugins = ["tests.breach_support", "tests.sg_events", "tests.slack_support"]
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT_RULES = Path(__file__).parent.parent / "rules"
 ACCOUNT_A, ACCOUNT_B = "210987654321", "345678901234"

@@ -8,9 +8,23 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from tests.conftest import FIXTURES
+import pytest
+from slack_sdk import WebClient
+
+from automations.core.fleet import SessionBroker
+from automations.core.notify import Notifier
+from automations.security_groups.policy import load_policy
+from automations.security_groups.remediation import handle_event
+from opsbot.local.slack_standin import SlackStandIn
+from tests.conftest import ACCOUNT_A, FIXTURES, ROOT_RULES
+
+POLICY = load_policy(ROOT_RULES / "security_groups.yaml")
+REGION = "us-east-1"
+NOW = datetime(2026, 11, 25, 10, 0, 3, tzinfo=UTC)
 
 
 def record(name: str) -> dict[str, Any]:
@@ -97,3 +111,52 @@ def without_rule_set(event: dict[str, Any]) -> dict[str, Any]:
     response = out["detail"]["responseElements"]
     out["detail"]["responseElements"] = {"requestId": response["requestId"], "_return": True}
     return out
+
+
+# ---- the `sg` fixture: a member region, the ledger, Slack, and every EC2 call made --------------
+@dataclass
+class Sg:
+    ec2: Any
+    broker: SessionBroker
+    ledger: Any
+    notifier: Notifier
+    slack: SlackStandIn
+    calls: list[str]
+
+    def group(self, tags: dict[str, str] | None = None, name: str = "app") -> str:
+        vpc = self.ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+        kwargs: dict[str, Any] = {"GroupName": name, "Description": "test", "VpcId": vpc}
+        if tags:
+            kwargs["TagSpecifications"] = [
+                {"ResourceType": "security-group", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+            ]
+        return str(self.ec2.create_security_group(**kwargs)["GroupId"])
+
+    def rules(self, group_id: str) -> list[dict[str, Any]]:
+        rules = self.ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group_id]}])
+        return [r for r in rules["SecurityGroupRules"] if not r["IsEgress"]]
+
+    def handle(self, event: dict[str, Any], policy=POLICY) -> dict[str, Any]:
+        return handle_event(event, self.broker, policy, self.ledger, self.notifier, clock=lambda: NOW)
+
+    def apply(self, name: str, group_id: str, **kw: Any) -> dict[str, Any]:
+        """Make the change the recorded event describes, then return the record re-addressed to it."""
+        event = record(name)
+        created = self.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=permissions(event))
+        return readdress(event, ACCOUNT_A, REGION, group_id, created["SecurityGroupRules"], **kw)
+
+
+@pytest.fixture
+def sg(ledger, broker) -> Any:
+    ec2 = broker.client(ACCOUNT_A, REGION, "ec2")
+    calls: list[str] = []
+    ec2.meta.events.register("before-send.ec2", lambda **kw: calls.append(_action(kw)))
+    with SlackStandIn("xoxb-test") as slack:
+        notifier = Notifier(slack=WebClient("xoxb-test", base_url=slack.base_url), slack_channel="#sec")
+        yield Sg(ec2, broker, ledger, notifier, slack, calls)
+
+
+def _action(kw: dict[str, Any]) -> str:
+    body = kw["request"].body
+    body = body.decode() if isinstance(body, bytes) else str(body)
+    return next((p.split("=", 1)[1] for p in body.split("&") if p.startswith("Action=")), "?")

@@ -3,33 +3,19 @@ signed exactly as Slack signs them (verified against Slack's published test vect
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from typing import Any
-from urllib.parse import urlencode
 
 import pytest
-from slack_sdk.signature import SignatureVerifier
 
 from automations.breach_checks.alerts import AlertBook
 from automations.breach_checks.kinds import Measurement
 from automations.breach_checks.lambda_concurrency import function_key
 from automations.breach_checks.rules import Thresholds
-from automations.core.notify import Alert
 from automations.kill_switches.slack_buttons import FLIP, RESTORE, Rejected, verify
 from opsbot.local.slack_standin import SlackStandIn
-from tests.conftest import ACCOUNT_A, FIXTURES, FakeLambdaContext
-from tests.test_kill_switches import _zip
-
-REGION = "us-east-1"
-SECRET = "8f742231b10e8888abcd99yyyzzz85a5"  # Slack's documented example signing secret
-ONCALL_USER, STRANGER = "U0ONCALLDANA", "U0NOTONCALL"
-
-
-def fixture(path: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / path).read_text())["payload"]
-    return data
+from tests.conftest import ACCOUNT_A
+from tests.slack_support import ONCALL_USER, REGION, STRANGER, fixture, post, press_body, reserved, run_worker, signed
 
 
 def test_slack_published_signature_vector():
@@ -47,129 +33,6 @@ def test_slack_published_signature_vector():
             vector["headers"],
             datetime.fromtimestamp(int(vector["timestamp"]) + 301, UTC),
         )
-
-
-@pytest.fixture
-def endpoint(hub_session, broker, ledger, tmp_path, monkeypatch) -> Any:
-    lam = broker.client(ACCOUNT_A, REGION, "lambda")
-    iam = broker.client(ACCOUNT_A, REGION, "iam")
-    role = iam.create_role(RoleName="fn", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    lam.create_function(
-        FunctionName="orders-consumer", Runtime="python3.11", Role=role, Handler="app.handler", Code={"ZipFile": _zip()}
-    )
-    transition = AlertBook(ledger.table).observe(
-        ACCOUNT_A,
-        REGION,
-        Measurement(
-            check="lambda-concurrency",
-            key=function_key("orders-consumer"),
-            name="Lambda function orders-consumer concurrency",
-            service="lambda",
-            usage=9,
-            limit=10,
-            target={"function_name": "orders-consumer", "account": ACCOUNT_A, "region": REGION},
-        ),
-        Thresholds(),
-        None,
-    )
-    alert_id = transition.state["alert_id"]
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "fleet.yaml").write_text(
-        f'external_id: opsbot-test\ndefault_regions: [{REGION}]\naccounts:\n  - {{id: "{ACCOUNT_A}"}}\n'
-    )
-    (rules / "tasks.yaml").write_text("tasks: []\n")
-    (rules / "oncall.yaml").write_text(f"users: [{ONCALL_USER}]\n")
-    hub_session.client("secretsmanager").create_secret(Name="opsbot/slack-signing", SecretString=SECRET)
-    queue = hub_session.client("sqs").create_queue(QueueName="opsbot-killswitch")["QueueUrl"]
-    for key, value in {
-        "OPSBOT_RULES_DIR": str(rules),
-        "OPSBOT_SLACK_SIGNING_SECRET_NAME": "opsbot/slack-signing",
-        "OPSBOT_KILLSWITCH_QUEUE_URL": queue,
-    }.items():
-        monkeypatch.setenv(key, value)
-    from handlers import _wiring, kill_switch_worker, slack_actions
-
-    _wiring.reset()  # the runtime, and with it the on-call list it loaded
-    with SlackStandIn("xoxb-test") as slack:
-        yield {
-            "api": slack_actions,
-            "worker": kill_switch_worker,
-            "slack": slack,
-            "alert_id": alert_id,
-            "lam": lam,
-            "sqs": hub_session.client("sqs"),
-            "queue": queue,
-        }
-    _wiring.reset()
-
-
-def press_body(env: dict[str, Any], action_id: str, user: str, alert_id: str | None = None) -> str:
-    """Slack's block_actions payload (recorded shape) for a press on an opsbot alert's button."""
-    payload = copy.deepcopy(fixture("slack/block_actions_payload.json"))
-    value = json.dumps({"alert_id": alert_id or env["alert_id"]})
-    alert = Alert(
-        "Lambda function orders-consumer concurrency at 90%",
-        "warning",
-        "s",
-        buttons=[("Kill switch", FLIP, value, "danger")],
-    )
-    payload["user"] = {"id": user, "username": "dana" if user == ONCALL_USER else "mallory", "team_id": "T0G9PQBBK"}
-    payload["message"]["blocks"] = [b.to_dict() for b in alert.as_blocks()]
-    payload["response_url"] = env["slack"].response_url()
-    payload["actions"] = [
-        {
-            **payload["actions"][0],
-            "action_id": action_id,
-            "block_id": "opsbot-actions",
-            "value": value,
-            "text": {"type": "plain_text", "text": "Kill switch"},
-        }
-    ]
-    return urlencode({"payload": json.dumps(payload)})
-
-
-def signed(body: str, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
-    ts = str(timestamp or int(time.time()))
-    return {
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": SignatureVerifier(secret).generate_signature(timestamp=ts, body=body),
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
-
-
-def post(env: dict[str, Any], body: str, headers: dict[str, str]) -> dict[str, Any]:
-    event = copy.deepcopy(fixture("lambda/api_gateway_proxy_event.json"))
-    event.update(httpMethod="POST", path="/slack/actions", resource="/slack/actions", headers=headers, body=body)
-    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
-    event["requestContext"].update(httpMethod="POST", path="/slack/actions", resourcePath="/slack/actions")
-    event["queryStringParameters"] = event["multiValueQueryStringParameters"] = None
-    result: dict[str, Any] = env["api"].handler(event, FakeLambdaContext())
-    return result
-
-
-def run_worker(env: dict[str, Any]) -> list[dict[str, Any]]:
-    messages = env["sqs"].receive_message(QueueUrl=env["queue"], MaxNumberOfMessages=10).get("Messages", [])
-    if not messages:
-        return []
-    event = copy.deepcopy(fixture("lambda/sqs_event.json"))
-    template = event["Records"][0]
-    event["Records"] = [
-        {
-            **template,
-            "messageId": m["MessageId"],
-            "receiptHandle": m["ReceiptHandle"],
-            "body": m["Body"],
-            "md5OfBody": m["MD5OfBody"],
-        }
-        for m in messages
-    ]
-    env["worker"].handler(event, FakeLambdaContext())
-    return [json.loads(m["Body"]) for m in messages]
-
-
-def reserved(env: dict[str, Any]) -> int | None:
-    return env["lam"].get_function_concurrency(FunctionName="orders-consumer").get("ReservedConcurrentExecutions")
 
 
 def test_on_call_press_flips_asynchronously_and_updates_the_message(endpoint):
@@ -223,18 +86,25 @@ def test_replayed_request_is_refused(endpoint):
 
 def test_user_not_on_call_is_told_why_and_nothing_changes(endpoint):
     body = press_body(endpoint, FLIP, STRANGER)
-    assert post(endpoint, body, signed(body))["statusCode"] == 200
+    response = post(endpoint, body, signed(body))
+    assert response["statusCode"] == 200
     assert run_worker(endpoint) == [] and reserved(endpoint) is None
-    (answer,) = [c for c in endpoint["slack"].calls if c["method"] == "response_url"]
-    assert answer["payload"]["response_type"] == "ephemeral" and "not on the on-call list" in answer["payload"]["text"]
+    # Told in the response itself (ephemeral), not through a call to response_url within Slack's 3 s.
+    answer = json.loads(response["body"])
+    assert answer["response_type"] == "ephemeral" and "not on the on-call list" in answer["text"]
+    assert [c for c in endpoint["slack"].calls if c["method"] == "response_url"] == []
 
 
 def test_tampered_alert_id_names_nothing(endpoint):
-    body = press_body(endpoint, FLIP, ONCALL_USER, alert_id="ba-20261125-0000-forged")
-    assert post(endpoint, body, signed(body))["statusCode"] == 200
+    body = press_body(endpoint, FLIP, ONCALL_USER, alert_id="brk-20261125000000-f0f0f0")  # well formed, unknown
+    response = post(endpoint, body, signed(body))
+    assert response["statusCode"] == 200
     assert run_worker(endpoint) == [] and reserved(endpoint) is None
-    (answer,) = [c for c in endpoint["slack"].calls if c["method"] == "response_url"]
-    assert "unknown, closed, or names no function" in answer["payload"]["text"]
+    assert "unknown, closed, or names no function" in json.loads(response["body"])["text"]
+    malformed = press_body(endpoint, FLIP, ONCALL_USER, alert_id="ba-20261125-0000-forged")
+    response = post(endpoint, malformed, signed(malformed))
+    assert response["statusCode"] == 400 and "alert_id" in response["body"]
+    assert run_worker(endpoint) == [] and reserved(endpoint) is None
 
 
 def test_user_group_membership_counts_as_on_call(endpoint, monkeypatch, tmp_path):

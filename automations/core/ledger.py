@@ -175,6 +175,21 @@ class Ledger:
         old = resp.get("Attributes", {}).get("value")
         return str(old) if old is not None else None
 
+    def claim_once(self, key: str, window: timedelta) -> bool:
+        """True for the first caller in ``window`` (e.g. one alert an hour about unreadable events)."""
+        now = self.clock()
+        try:
+            self.table.put_item(
+                Item={"pk": f"ONCE#{key}", "sk": "ONCE", "at": iso(now), "expires_at": int((now + window).timestamp())},
+                ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
+                ExpressionAttributeValues={":now": int(now.timestamp())},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     # ---- units ------------------------------------------------------------------------
     def record_unit(self, run_id: str, account: str, region: str, **attrs: Any) -> None:
         item = {

@@ -21,6 +21,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from automations.core import ledger as L
+from automations.core.boundary import ACCOUNT_ID, REGION, mapping, source_id, text, timestamp
 from automations.core.clock import iso, parse_time, utcnow
 from automations.core.deadline import Deadline
 from automations.core.errors import NotStarted, error_text
@@ -67,16 +68,59 @@ class Unit:
     primary: bool = False  # the account's first region: where account-wide (global) work is done once
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Unit:
+    def from_dict(cls, data: Any) -> Unit:
+        """A unit as the state machine's Map hands it over (what ``Plan.as_dict`` made); else InputError."""
+        source = "unit"
+        data = mapping(data, source, "unit")
+        slot = text(data.get("slot"), source, "slot")
+        timestamp(slot, source, "slot")
         return cls(
-            run_id=str(data["run_id"]),
-            job=str(data["job"]),
-            account=str(data["account"]),
-            region=str(data["region"]),
-            slot=str(data["slot"]),
-            dry_run=bool(data.get("dry_run", False)),
-            primary=bool(data.get("primary", False)),
+            run_id=text(data.get("run_id"), source, "run_id"),
+            job=text(data.get("job"), source, "job"),
+            account=text(data.get("account"), source, "account", pattern=ACCOUNT_ID),
+            region=text(data.get("region"), source, "region", pattern=REGION),
+            slot=slot,
+            dry_run=data.get("dry_run") is True,
+            primary=data.get("primary") is True,
         )
+
+
+@dataclass(frozen=True)
+class ScheduleEvent:
+    """What a schedule starts a run with: ``{"task" | "check": NAME, "id": ..., "time": ...}``."""
+
+    job: str
+    event_id: str | None
+    time: datetime
+
+    @classmethod
+    def parse(cls, event: Any, key: str) -> ScheduleEvent:
+        source = source_id(event)
+        event = mapping(event, source, "event")
+        event_id = event.get("id")
+        return cls(
+            job=text(event.get(key), source, key),
+            event_id=event_id if isinstance(event_id, str) else None,
+            time=timestamp(event.get("time"), source, "time"),
+        )
+
+    def trigger(self) -> Trigger:
+        return Trigger(type="schedule", event_id=self.event_id, event_time=iso(self.time))
+
+
+@dataclass(frozen=True)
+class CloseRequest:
+    """What the state machine's Close step is given: the run, and the Map's error if the Map itself failed."""
+
+    run_id: str
+    reason: str | None
+
+    @classmethod
+    def parse(cls, event: Any) -> CloseRequest:
+        event = mapping(event, "close", "event")
+        error = event.get("error")
+        reason = error.get("Error") if isinstance(error, Mapping) else None
+        return cls(text(event.get("run_id"), "close", "run_id"), reason if isinstance(reason, str) else None)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,11 @@ only an alert id: the target is whatever the stored alert (or the switch flipped
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,12 +28,17 @@ from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ContextBlock, M
 from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
+from automations.core.boundary import ACCOUNT_ID, REGION, InputError, loads, mapping, text
 from automations.core.iam import LEDGER, grants
 from automations.core.notify import KILL_SWITCH_FLIP, KILL_SWITCH_RESTORE
 from automations.core.rulebook import RuleFile, load_document, validate_document
+from automations.kill_switches.kinds import SWITCH_KINDS
 from automations.kill_switches.switchboard import Actor, Result, Switchboard, Target
 
+log = logging.getLogger(__name__)
 MAX_AGE_SECONDS = 300
+ALERT_ID = re.compile(r"^brk-\d{14}-[0-9a-f]{6}$")  # automations.breach_checks.alerts.new_alert_id
+USER_ID = re.compile(r"^[A-Z0-9]{2,32}$")
 REQUEST_GRANTS = grants(LEDGER, "dynamodb:PutItem")  # ``remember``: one conditional put per request
 FLIP, RESTORE = KILL_SWITCH_FLIP, KILL_SWITCH_RESTORE
 
@@ -80,19 +89,48 @@ class Press:
     blocks: list[dict[str, Any]]
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    return next((v for k, v in headers.items() if k.lower() == name.lower()), "")
+@dataclass(frozen=True)
+class Answer:
+    """What the endpoint says to Slack: a status, and a body (an ephemeral message for a refusal)."""
+
+    status: int
+    body: str = ""
+    content_type: str = "text/plain"
+
+    @classmethod
+    def ephemeral(cls, text: str) -> Answer:
+        """A refusal told to the presser only, in the response itself: no call out within Slack's 3 s."""
+        message = {"response_type": "ephemeral", "replace_original": False, "text": f":no_entry: {text}"}
+        return cls(200, json.dumps(message), "application/json")
 
 
-def verify(secret: str, body: str, headers: Mapping[str, str], now: datetime) -> str:
+def _header(headers: Mapping[str, Any], name: str) -> str:
+    found = next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == name.lower()), "")
+    return found if isinstance(found, str) else ""
+
+
+def decode_body(body: Any, base64_encoded: bool) -> str:
+    """The request body as Slack signed it. API Gateway hands binary bodies over base64-encoded."""
+    if body is None:
+        return ""
+    if not isinstance(body, str):
+        raise Rejected(400, "the request body is not text")
+    if not base64_encoded:
+        return body
+    try:
+        return base64.b64decode(body, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise Rejected(400, "the request body is not valid base64 of UTF-8 text") from None
+
+
+def verify(secret: str, body: str, headers: Mapping[str, Any], now: datetime) -> str:
     """slack-sdk's SignatureVerifier, with the refusal reason spelled out. Returns the signature."""
     timestamp, signature = _header(headers, "X-Slack-Request-Timestamp"), _header(headers, "X-Slack-Signature")
     if not timestamp or not signature:
         raise Rejected(401, "missing X-Slack-Signature or X-Slack-Request-Timestamp")
-    try:
-        age = now.timestamp() - int(timestamp)
-    except ValueError:
-        raise Rejected(401, f"bad X-Slack-Request-Timestamp {timestamp!r}") from None
+    if not re.fullmatch(r"\d{1,12}", timestamp):
+        raise Rejected(401, f"bad X-Slack-Request-Timestamp {timestamp[:40]!r}")
+    age = now.timestamp() - int(timestamp)
     if abs(age) > MAX_AGE_SECONDS:
         raise Rejected(401, f"stale request: timestamp is {int(age)} s old (limit {MAX_AGE_SECONDS} s)")
     verifier = SignatureVerifier(secret, clock=_FixedClock(now))
@@ -130,27 +168,41 @@ def remember(table: Any, signature: str, now: datetime) -> None:
 
 
 def parse(body: str) -> Press:
+    """The one parse step for an interaction: a block_actions press of one of opsbot's buttons, or a 400
+    that says what was wrong. Nothing in a signed body can make it fail otherwise."""
+    source = "slack request"
     try:
-        payload = json.loads(parse_qs(body)["payload"][0])
-    except (KeyError, IndexError, ValueError):
+        fields = parse_qs(body, max_num_fields=20)
+        payload = mapping(loads(fields["payload"][0], source, "payload"), source, "payload")
+        if payload.get("type") != "block_actions":
+            raise InputError(source, "payload.type", f"unsupported interaction type {str(payload.get('type'))[:40]!r}")
+        actions = payload.get("actions")
+        if not isinstance(actions, list) or not actions:
+            raise InputError(source, "payload.actions", "no action")
+        action = mapping(actions[0], source, "payload.actions[0]")
+        action_id = action.get("action_id")
+        if action_id not in (FLIP, RESTORE):
+            raise InputError(source, "payload.actions[0].action_id", f"unknown action {str(action_id)[:40]!r}")
+        value = mapping(loads(text(action.get("value"), source, "value"), source, "value"), source, "value")
+        alert_id = text(value.get("alert_id"), source, "payload.actions[0].value.alert_id", pattern=ALERT_ID)
+        user = mapping(payload.get("user"), source, "payload.user")
+        user_id = text(user.get("id"), source, "payload.user.id", pattern=USER_ID)
+    except KeyError:
         raise Rejected(400, "no interaction payload in the request body") from None
-    if payload.get("type") != "block_actions" or not payload.get("actions"):
-        raise Rejected(400, f"unsupported interaction type {payload.get('type')!r}")
-    action = payload["actions"][0]
-    if action.get("action_id") not in (FLIP, RESTORE):
-        raise Rejected(400, f"unknown action {action.get('action_id')!r}")
-    try:
-        alert_id = str(json.loads(action.get("value") or "{}")["alert_id"])
-    except (ValueError, KeyError, TypeError):
-        raise Rejected(400, "the button carries no alert id") from None
-    user = payload.get("user") or {}
+    except (InputError, ValueError) as exc:
+        reason = f"{exc.field}: {exc.problem}" if isinstance(exc, InputError) else "malformed form body"
+        raise Rejected(400, reason) from None
+    name = next((n for n in (user.get("username"), user.get("name")) if isinstance(n, str) and n), user_id)
+    message = payload.get("message")
+    blocks = message.get("blocks") if isinstance(message, Mapping) else None
+    url = payload.get("response_url")
     return Press(
-        action="flip" if action["action_id"] == FLIP else "restore",
+        action="flip" if action_id == FLIP else "restore",
         alert_id=alert_id,
-        user_id=str(user.get("id", "")),
-        user_name=str(user.get("username") or user.get("name") or user.get("id", "")),
-        response_url=str(payload.get("response_url", "")),
-        blocks=list((payload.get("message") or {}).get("blocks", [])),
+        user_id=user_id,
+        user_name=name[:80],
+        response_url=url if isinstance(url, str) and url.startswith(("https://", "http://")) else "",
+        blocks=[b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else [],
     )
 
 
@@ -203,45 +255,85 @@ def queue_sender(sqs: Any, queue_url: str) -> Callable[[dict[str, Any]], None]:
 
 
 def handle_request(
-    body: str,
-    headers: Mapping[str, str],
+    body: Any,
+    headers: Mapping[str, Any],
     *,
     enqueue: Callable[[dict[str, Any]], None],
+    base64_encoded: bool = False,
     **checks: Any,
-) -> tuple[int, str]:
-    """The endpoint's whole job: (HTTP status, body) for Slack. Accepted presses are queued; a refusal
-    after the signature checked out is told to the presser (ephemeral, through response_url)."""
+) -> Answer:
+    """The endpoint's whole job. Unsigned or badly signed: 401 before anything is parsed. Signed but
+    malformed: 400 with the reason. Refused (not on call, no such alert): an ephemeral message in the
+    response itself. Accepted: queued for the worker, 200."""
     try:
-        job = accept(body, headers, **checks)
+        job = accept(decode_body(body, base64_encoded), headers if isinstance(headers, Mapping) else {}, **checks)
     except Rejected as exc:
-        if exc.status == 403:
-            url = parse(body).response_url
-            if url:
-                WebhookClient(url).send(
-                    text=f":no_entry: {exc.reason}", response_type="ephemeral", replace_original=False
-                )
-            return 200, ""
-        return exc.status, exc.reason
+        return Answer.ephemeral(exc.reason) if exc.status == 403 else Answer(exc.status, exc.reason)
     enqueue(job)
-    return 200, ""
+    return Answer(200)
 
 
-def complete(job: Mapping[str, Any], board: Switchboard, now: datetime | None = None) -> Result:
+@dataclass(frozen=True)
+class Job:
+    """What the endpoint queues for the worker (``accept`` makes it; ``parse_job`` reads it back)."""
+
+    request_id: str
+    press: Press
+    target: Target
+
+
+def parse_job(data: Any) -> Job:
+    """The one parse step for a queued job: typed, or an InputError naming the field."""
+    source = "kill-switch job"
+    job = mapping(data, source, "job")
+    press = mapping(job.get("press"), source, "press")
+    target = mapping(job.get("target"), source, "target")
+    action = text(press.get("action"), source, "press.action")
+    if action not in ("flip", "restore"):
+        raise InputError(source, "press.action", f"not flip or restore: {action[:20]!r}")
+    kind = text(target.get("kind"), source, "target.kind")
+    if kind not in SWITCH_KINDS:
+        raise InputError(source, "target.kind", f"not a kill-switch kind: {kind[:20]!r}")
+    blocks = press.get("blocks")
+    url, name = press.get("response_url"), press.get("user_name")
+    return Job(
+        request_id=text(job.get("request_id"), source, "request_id"),
+        press=Press(
+            action=action,
+            alert_id=text(press.get("alert_id"), source, "press.alert_id", pattern=ALERT_ID),
+            user_id=text(press.get("user_id"), source, "press.user_id", pattern=USER_ID),
+            user_name=name if isinstance(name, str) else "",
+            response_url=url if isinstance(url, str) and url.startswith(("https://", "http://")) else "",
+            blocks=[b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else [],
+        ),
+        target=Target(
+            kind=kind,
+            id=text(target.get("id"), source, "target.id"),
+            account=text(target.get("account"), source, "target.account", pattern=ACCOUNT_ID),
+            region=text(target.get("region"), source, "target.region", pattern=REGION),
+        ),
+    )
+
+
+def complete(data: Mapping[str, Any], board: Switchboard, now: datetime | None = None) -> Result:
     """The worker's job: flip or restore, then replace the original message with who did what."""
+    job = parse_job(data)
     result = perform(job, board)
-    press = Press(**job["press"])
+    press = job.press
     if press.response_url:
-        WebhookClient(press.response_url).send(
-            text=result.sentence(),
-            blocks=updated_blocks(press, result, now or datetime.now(UTC)),
-            replace_original=True,
-        )
+        try:
+            WebhookClient(press.response_url, timeout=5).send(
+                text=result.sentence(),
+                blocks=updated_blocks(press, result, now or datetime.now(UTC)),
+                replace_original=True,
+            )
+        except Exception:  # the switch is flipped and audited; an unreachable Slack must not undo the job
+            log.exception("could not update the Slack message for %s", job.request_id)
     return result
 
 
-def perform(job: Mapping[str, Any], board: Switchboard) -> Result:
-    press = Press(**job["press"])
-    target = Target(**job["target"])
+def perform(job: Job, board: Switchboard) -> Result:
+    press, target = job.press, job.target
     actor = Actor("slack", press.user_id, press.user_name)
     if press.action == "flip":
         return board.flip(target, actor, alert_id=press.alert_id)

@@ -1,29 +1,38 @@
 """Security-group auto-remediation: from a CloudTrail event (via EventBridge) to revoked rules.
 
-Modern records carry the new rules' ids in ``responseElements.securityGroupRuleSet``: those are
-evaluated as they are, with no describe of the group. Older records (no rule set), groupName-only
-requests and ModifySecurityGroupRules are resolved to rule ids with DescribeSecurityGroupRules.
-Only the offending rules are revoked, by rule id: one CIDR of a multi-CIDR permission goes, the rest
-stays. A rule already gone counts as done; only the caller whose revoke succeeded alerts, so two
-events racing for the same rule give one revoke and one alert.
+The event is parsed once (``events.parse_event``). Modern records carry the new rules' ids: those are
+judged as they are, with no describe of the group. Older records, groupName-only requests and
+ModifySecurityGroupRules are resolved with DescribeSecurityGroupRules. A record that could not be fully
+understood has its named groups' actual rules judged instead: a forbidden rule is never left in place
+because the record was odd. Only offending rules are revoked, by rule id. A rule already gone counts
+as done; only the caller whose revoke succeeded alerts, so two events racing for the same rule give one
+revoke and one alert.
+
+Once a rule is revoked the story is told whatever else fails: the alert and the ledger record are each
+attempted, and only then is a failure of either raised (so the event is retried, then dead-lettered).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from automations.core.clock import iso, parse_time
+from automations.core.boundary import InputError, source_id
+from automations.core.clock import iso
 from automations.core.fleet import AccountAccessError, SessionBroker
+from automations.core.intake import report_unreadable
 from automations.core.ledger import Ledger
 from automations.core.notify import Alert, Notifier
 from automations.security_groups.enforcement import RUNBOOK, FindingBook, Outcome, describe_rules, enforce, judge
-from automations.security_groups.policy import SgPolicy, SgRule, normalise_protocol
+from automations.security_groups.events import Actor, Envelope, Ignored, SgChange, parse_event
+from automations.security_groups.policy import SgPolicy, SgRule
 
-HANDLED_EVENTS = ("AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "ModifySecurityGroupRules")
+log = logging.getLogger(__name__)
+
 # In the member account: read the rules an event names (by id, by group, a groupName in the default VPC),
 # the groups' tags (exemptions), and revoke by rule id.
 MEMBER_ACTIONS = frozenset(
@@ -38,175 +47,115 @@ MEMBER_ACTIONS = frozenset(
 )
 
 
-class EventError(ValueError):
-    """An event opsbot cannot act on; the message names the event id."""
-
-
-@dataclass(frozen=True)
-class Actor:
-    arn: str
-    principal_type: str
-    source_ip: str
-    user_agent: str
-
-    @classmethod
-    def from_detail(cls, detail: Mapping[str, Any]) -> Actor:
-        identity = detail.get("userIdentity") or {}
-        return cls(
-            arn=identity.get("arn") or identity.get("principalId") or "unknown",
-            principal_type=identity.get("type", "unknown"),
-            source_ip=detail.get("sourceIPAddress", ""),
-            user_agent=detail.get("userAgent", ""),
-        )
+class StoryError(RuntimeError):
+    """Opsbot acted, but telling it (alert or ledger record) failed; raised after both were attempted."""
 
 
 @dataclass
 class Remediation:
-    event_id: str
-    event_name: str
-    account: str
-    region: str
-    actor: Actor
-    event_time: datetime
+    envelope: Envelope
     outcomes: list[Outcome] = field(default_factory=list)
     ignored: str | None = None
     checked: int = 0
+    read_groups: str | None = None  # why the groups' actual rules were judged instead of the record's
+
+    @property
+    def event_id(self) -> str:
+        return self.envelope.event_id
+
+    @property
+    def event_name(self) -> str:
+        return self.envelope.event_name
+
+    @property
+    def account(self) -> str:
+        return self.envelope.account
+
+    @property
+    def region(self) -> str:
+        return self.envelope.region
+
+    @property
+    def actor(self) -> Actor:
+        return self.envelope.actor
+
+    @property
+    def event_time(self) -> datetime:
+        return self.envelope.event_time
 
     @property
     def to_notify(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.result in ("revoked", "alerted", "failed")]
 
 
-def _items(node: Any) -> list[Any]:
-    """CloudTrail renders EC2 lists as {"items": [...]} (or {} when empty)."""
-    if isinstance(node, dict):
-        return list(node.get("items", []))
-    return list(node or [])
-
-
-def _requested_permissions(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Requested permissions, flattened one source each, from ipPermissions or the flat legacy form."""
-    perms = _items(params.get("ipPermissions"))
-    if not perms and params.get("ipProtocol") is not None:
-        perms = [
-            {
-                "ipProtocol": params["ipProtocol"],
-                "fromPort": params.get("fromPort"),
-                "toPort": params.get("toPort"),
-                "ipRanges": {"items": [{"cidrIp": params["cidrIp"]}]} if params.get("cidrIp") else {},
-            }
-        ]
-    out = []
-    for perm in perms:
-        base = {
-            "protocol": normalise_protocol(perm.get("ipProtocol")),
-            "from_port": perm.get("fromPort"),
-            "to_port": perm.get("toPort"),
-        }
-        out += [{**base, "cidr_ipv4": r.get("cidrIp")} for r in _items(perm.get("ipRanges"))]
-        out += [{**base, "cidr_ipv6": r.get("cidrIpv6")} for r in _items(perm.get("ipv6Ranges"))]
-        out += [{**base, "prefix_list_id": r.get("prefixListId")} for r in _items(perm.get("prefixListIds"))]
-        out += [{**base, "referenced_group_id": g.get("groupId")} for g in _items(perm.get("groups"))]
-    return out
-
-
-def _same(rule: SgRule, wanted: Mapping[str, Any]) -> bool:
-    def port(value: Any) -> int | None:
-        return None if value is None else int(value)
-
-    if rule.protocol != wanted["protocol"]:
-        return False
-    if rule.protocol != "all" and (port(wanted["from_port"]), port(wanted["to_port"])) != (
-        rule.from_port,
-        rule.to_port,
-    ):
-        return False
-    return all(
-        getattr(rule, key) == value for key, value in wanted.items() if key.startswith(("cidr", "prefix", "ref"))
-    )
-
-
-def _group_id_by_name(ec2: Any, name: str) -> str:
+def _group_id_by_name(ec2: Any, name: str) -> str | None:
     """groupName-only requests address a group in the default VPC (or EC2-Classic)."""
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     filters = [{"Name": "group-name", "Values": [name]}]
     if vpcs:
         filters.append({"Name": "vpc-id", "Values": [vpcs[0]["VpcId"]]})
     groups = ec2.describe_security_groups(Filters=filters)["SecurityGroups"]
-    if not groups:
-        raise EventError(f"no security group named {name!r} in the default VPC")
-    return str(groups[0]["GroupId"])
+    return str(groups[0]["GroupId"]) if groups else None
 
 
-def rules_from_event(ec2: Any, account: str, region: str, detail: Mapping[str, Any]) -> list[SgRule]:
-    """The rules the event created or changed, as they are now."""
-    name = detail["eventName"]
-    params = detail.get("requestParameters") or {}
-    response = detail.get("responseElements") or {}
-    if name == "ModifySecurityGroupRules":
-        request = params.get("ModifySecurityGroupRulesRequest", params)
-        entries = request.get("SecurityGroupRule") or request.get("SecurityGroupRules") or []
-        entries = entries if isinstance(entries, list) else [entries]
-        ids = [e["SecurityGroupRuleId"] for e in entries if e.get("SecurityGroupRuleId")]
-        if not ids:
-            return []
+def rules_to_judge(ec2: Any, change: SgChange) -> tuple[list[SgRule], str | None]:
+    """The rules the event created or changed, as they are now; and, when the record could not be fully
+    understood, why the named groups' actual rules (all of them) are judged instead."""
+    env = change.envelope
+    groups = list(change.groups)
+    if change.group_name and not change.group_id and (found := _group_id_by_name(ec2, change.group_name)):
+        groups.append(found)
+    if change.unclear or (not change.rules and not change.rule_ids and not change.requested):
+        if not groups:
+            return [], "the group the record names no longer exists"
+        why = ("; ".join(change.unclear) or "the record names no rule")[:1000]
+        return describe_rules(ec2, env.account, env.region, Filters=[{"Name": "group-id", "Values": groups}]), why
+    if change.modify:
         # A filter, not SecurityGroupRuleIds: a rule deleted meanwhile is simply absent (done), not an error.
-        return describe_rules(ec2, account, region, Filters=[{"Name": "security-group-rule-id", "Values": ids}])
-    rule_set = _items(response.get("securityGroupRuleSet"))
-    if rule_set:
-        return [SgRule.from_api(account, region, item) for item in rule_set]
+        filters = [{"Name": "security-group-rule-id", "Values": list(change.rule_ids)}]
+        return describe_rules(ec2, env.account, env.region, Filters=filters), None
+    if change.rules:
+        return list(change.rules), None
     # Older record: no rule ids. Find the rules the request asked for in the group as it is now.
-    group_id = params.get("groupId") or _group_id_by_name(ec2, params["groupName"])
-    egress = name == "AuthorizeSecurityGroupEgress"
-    wanted = _requested_permissions(params)
-    current = describe_rules(ec2, account, region, Filters=[{"Name": "group-id", "Values": [group_id]}])
-    return [r for r in current if r.is_egress == egress and any(_same(r, w) for w in wanted)]
+    if not groups:
+        return [], None  # the named group is gone: nothing left to revoke
+    current = describe_rules(ec2, env.account, env.region, Filters=[{"Name": "group-id", "Values": groups}])
+    asked = [r for r in current if r.is_egress == change.egress and any(w.same_as(r) for w in change.requested)]
+    if not asked:  # revoked meanwhile, or the record does not say what it did: judge what the group holds
+        return current, "no rule in the group matches what the record says was asked for"
+    return asked, None
 
 
-def _event_time(detail: Mapping[str, Any], envelope: Mapping[str, Any]) -> datetime:
-    raw = detail.get("eventTime") or envelope.get("time")
-    return parse_time(str(raw)) if raw else datetime.now(UTC)
-
-
-def remediate_event(
-    event: Mapping[str, Any],
+def remediate(
+    change: SgChange,
     broker: SessionBroker,
     policy: SgPolicy,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     findings: FindingBook | None = None,
 ) -> Remediation:
-    """Act on one EventBridge "AWS API Call via CloudTrail" event, in the account/region it came from."""
-    event_id = event.get("id") or "(no id)"
-    detail = event.get("detail")
-    if not isinstance(detail, Mapping) or "eventName" not in detail:
-        raise EventError(f"event {event_id}: not a CloudTrail API-call event (no detail.eventName)")
-    account = event.get("account") or detail.get("recipientAccountId")
-    region = event.get("region") or detail.get("awsRegion")
-    if not account or not region:
-        raise EventError(f"event {event_id}: no account/region to act in")
-    result = Remediation(
-        event_id, detail["eventName"], account, region, Actor.from_detail(detail), _event_time(detail, event)
-    )
-    if detail["eventName"] not in HANDLED_EVENTS:
-        result.ignored = f"not a security-group rule change ({detail['eventName']})"
-        return result
-    if detail.get("errorCode"):
-        result.ignored = f"the call failed ({detail['errorCode']}): nothing was changed"
-        return result
-    member = broker.fleet.account(account)
-    if member is None or region not in member.regions:
+    """Judge and act on one parsed change, in the account/region it came from (if the fleet has it)."""
+    env = change.envelope
+    result = Remediation(env)
+    member = broker.fleet.account(env.account)
+    if member is None or env.region not in member.regions:
         # The hub bus admits the whole organization; opsbot acts only where the fleet says it may.
-        result.ignored = f"{account}/{region} is not in the fleet (rules/fleet.yaml)"
+        result.ignored = f"{env.account}/{env.region} is not in the fleet (rules/fleet.yaml)"
         return result
-    ec2 = broker.client(account, region, "ec2")
-    try:
-        rules = rules_from_event(ec2, account, region, detail)
-    except EventError as exc:  # e.g. the named group was deleted meanwhile: nothing left to revoke
-        result.ignored = str(exc)
-        return result
-    result.checked = len(rules)
+    ec2 = broker.client(env.account, env.region, "ec2")
+    rules, result.read_groups = rules_to_judge(ec2, change)
     now = clock()
     result.outcomes = enforce(ec2, judge(ec2, policy, rules, now.date()), findings=findings, now=now)
+    gone = [o for o in result.outcomes if o.result == "already-gone"]
+    if gone and result.read_groups is None and change.groups:
+        # The record named a rule that is not there (revoked meanwhile, or the record was wrong): make sure
+        # by judging the groups' actual rules, so an open rule the record misnamed does not stay.
+        result.read_groups = "a rule the record named was already gone: the groups' rules were read"
+        done = {o.verdict.rule.rule_id for o in result.outcomes}
+        group_filter = [{"Name": "group-id", "Values": list(change.groups)}]
+        more = [r for r in describe_rules(ec2, env.account, env.region, Filters=group_filter) if r.rule_id not in done]
+        rules += more
+        result.outcomes += enforce(ec2, judge(ec2, policy, more, now.date()), findings=findings, now=now)
+    result.checked = len(rules)
     return result
 
 
@@ -224,6 +173,7 @@ def remediation_record(rem: Remediation, now: datetime) -> dict[str, Any]:
         "event_name": rem.event_name,
         "actor": rem.actor.__dict__,
         "ignored": rem.ignored,
+        "read_groups": rem.read_groups,
         "counts": {k.replace("-", "_"): v for k, v in counts.items()} | {"rules_checked": rem.checked},
         "latency_seconds": round((now - rem.event_time).total_seconds(), 3),
         "ended_at": iso(now),
@@ -291,26 +241,55 @@ def handle_event(
     notifier: Notifier | None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dict[str, Any]:
-    """Remediate, record (one ledger write), and notify when something was revoked, found or failed."""
+    """Parse, remediate, then tell: alert and one ledger record. Designed errors (an event that cannot be
+    read, a member account that cannot be reached) are recorded and raised for the dead-letter queue."""
+    now = clock()
     try:
-        rem = remediate_event(event, broker, policy, clock, FindingBook(ledger.table))
+        parsed = parse_event(event, now)
+        if isinstance(parsed, Ignored):
+            rem = Remediation(parsed.envelope, ignored=parsed.reason)
+        else:
+            rem = remediate(parsed, broker, policy, clock, FindingBook(ledger.table))
+    except InputError as exc:
+        report_unreadable("security-group event", event, exc, ledger, notifier, now, RUNBOOK)
+        raise
     except AccountAccessError as exc:
         # Recorded, then raised so the event goes to the dead-letter queue for a retry.
+        event_id = source_id(event).removeprefix("event ")
         ledger.record_event(
-            f"sg-{event.get('id')}",
+            f"sg-{event_id}",
             {
                 "task": "sg-remediation",
                 "status": "FAILED",
                 "error": str(exc),
-                "trigger": {"type": "event", "event_id": event.get("id")},
+                "trigger": {"type": "event", "event_id": event_id},
             },
         )
         raise
-    now = clock()
+    return tell(rem, ledger, notifier, clock())
+
+
+def tell(rem: Remediation, ledger: Ledger, notifier: Notifier | None, now: datetime) -> dict[str, Any]:
+    """The alert and the ledger record, each attempted whatever happened to the other."""
     run_id = f"sg-{rem.event_id}"
     record = remediation_record(rem, now)
-    if rem.ignored is None or rem.outcomes:
-        ledger.record_event(run_id, record)
+    failures: list[str] = []
     if rem.to_notify and notifier is not None:
-        notifier.send(remediation_alert(rem, run_id, record["latency_seconds"]))
-    return {"run_id": run_id, "status": record["status"], "ignored": rem.ignored, "counts": record["counts"]}
+        try:
+            failures += notifier.send(remediation_alert(rem, run_id, record["latency_seconds"]))
+        except Exception as exc:  # Notifier.send catches what it knows; anything else must not lose the record
+            log.exception("alert for %s failed", run_id)
+            failures.append(f"alert: {type(exc).__name__}: {exc}")
+    if rem.ignored is None or rem.outcomes:
+        try:
+            ledger.record_event(run_id, record)
+        except Exception as exc:
+            log.exception("ledger record for %s failed", run_id)
+            raise StoryError(f"{run_id}: acted, announced, but not recorded: {exc}") from exc
+    return {
+        "run_id": run_id,
+        "status": record["status"],
+        "ignored": rem.ignored,
+        "counts": record["counts"],
+        "notify_failures": failures,
+    }

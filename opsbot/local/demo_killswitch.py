@@ -117,7 +117,8 @@ def killswitch_chapter(
     stranger = _press(slack, blocks, RESTORE, alert_id, NOT_ON_CALL)
     answer = api_request("/slack/actions", "POST", _signed(stranger, state["signing_secret"]), stranger)
     deliver_queues(infra, state["queues"])
-    print(f"  not on call: {answer['statusCode']} (told why, ephemeral); still {reserved()}")
+    told = json.loads(answer["body"])  # the refusal comes back in the response itself, to the presser only
+    print(f"  not on call: {answer['statusCode']} {told['response_type']}: {told['text']}; still {reserved()}")
 
     board = Switchboard(rt.ledger.table, rt.broker.client)
     say("opsbot killswitch status")
