@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-.PHONY: install demo test lint typecheck cfn validate pytest fuzz bench bench-quotas package clean
+.PHONY: install demo test lint typecheck cfn validate pytest fuzz faults bench bench-quotas package clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck cfn validate pytest
+
+# Faults injected into the process (lost replies, throttling, a killed process) for every mutating call
+# of every scenario; `make test` runs a subset of the matrix.
+faults: $(STAMP)
+	FAULTS=full $(BIN)/pytest -q -m faults -p no:cacheprovider tests/test_faults.py
 
 # Property-based tests over the real recorded inputs: 2,000 mutated examples per handler, with counts.
 # (`make test` runs the same tests with the small "ci" profile.)

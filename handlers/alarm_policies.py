@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from automations.core import iam
 from automations.core.boundary import InputError
 from automations.core.intake import report_unreadable
+from automations.core.outbox import Outbox
 from automations.kill_switches.policies import POLICIES_FILE, on_alarm_event, policy_alert
 from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS, Switchboard
 from handlers._wiring import idempotency_store, logger, notifier, runtime, tracer
@@ -18,7 +19,12 @@ from handlers._wiring import idempotency_store, logger, notifier, runtime, trace
 RUNBOOK = "docs/runbooks/kill-switch.md"
 
 PERMISSIONS = {
-    "handler": SWITCHBOARD_GRANTS | iam.IDEMPOTENCY_STORE | iam.NOTIFY | iam.READ_FLEET | iam.ASSUME_MEMBER_ROLE,
+    "handler": SWITCHBOARD_GRANTS
+    | iam.OUTBOX
+    | iam.IDEMPOTENCY_STORE
+    | iam.NOTIFY
+    | iam.READ_FLEET
+    | iam.ASSUME_MEMBER_ROLE,
 }
 
 
@@ -33,5 +39,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         report_unreadable("alarm event", event, exc, rt.ledger, notifier(), rt.ledger.clock(), RUNBOOK)
         raise
     if alert := policy_alert(event, results):
-        notifier().send(alert)
+        Outbox(rt.ledger.table, notifier(), rt.ledger.clock).announce(f"policy#{event.get('id')}", alert)
     return {"results": [{"target": str(r.target), "outcome": r.outcome} for r in results]}

@@ -29,12 +29,13 @@ PERMISSIONS = {
     "plan": iam.LEDGER_OPEN_RUN | iam.IDEMPOTENCY_STORE | iam.READ_FLEET,
     "unit": iam.LEDGER_RECORD_UNIT
     | ALERT_STATE_GRANTS
+    | iam.OUTBOX
     | iam.NOTIFY
     | iam.READ_FLEET
     | iam.ASSUME_MEMBER_ROLE
     | frozenset(g for kind in CHECK_KINDS for g in kind.hub_grants),
     # A planned unit with no record opens its "cannot check" alert.
-    "close": iam.LEDGER_CLOSE_RUN | ALERT_STATE_GRANTS | iam.NOTIFY | iam.READ_FLEET,
+    "close": iam.LEDGER_CLOSE_RUN | ALERT_STATE_GRANTS | iam.OUTBOX | iam.NOTIFY | iam.READ_FLEET,
 }
 
 

@@ -17,17 +17,29 @@ from automations import catalog
 from automations.core import iam
 from automations.core.deadline import Deadline
 from automations.core.runs import CloseRequest, ScheduleEvent, Unit, close_run, plan_run, run_unit
+from automations.security_groups.enforcement import FINDINGS_GRANTS
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
 
 # Stop starting new volumes when 30 s are left: enough to flush the ledger and record the unit.
 TIMEOUT_MARGIN_MS = 30_000
 _KIND_GRANTS = frozenset(g for kind in catalog.TASK_KINDS for g in kind.hub_grants)
 PERMISSIONS = {
-    # A report-only first sweep is decided at plan time: it reads and swaps the rules digest.
-    "plan": iam.LEDGER_OPEN_RUN | iam.IDEMPOTENCY_STORE | iam.READ_FLEET,
-    # Units record RUNNING, their actions and their summary (the sweep's findings are conditional puts).
-    "unit": iam.LEDGER_RECORD_UNIT | iam.IDEMPOTENCY_STORE | iam.READ_FLEET | iam.ASSUME_MEMBER_ROLE | _KIND_GRANTS,
-    "close": iam.LEDGER_CLOSE_RUN | iam.NOTIFY | iam.READ_FLEET,
+    # Plan reaps this task's dead runs (their announcements go to the outbox for the sweeper), takes the
+    # slot lock, opens the run; a report-only first sweep swaps the rules digest.
+    "plan": iam.LEDGER_OPEN_RUN
+    | iam.SLOT_LOCK
+    | iam.LEDGER_CLOSE_RUN
+    | iam.PENDING_LIST
+    | iam.IDEMPOTENCY_STORE
+    | iam.READ_FLEET,
+    # Units record RUNNING, their actions and their summary; the sweep claims findings and revokes.
+    "unit": iam.LEDGER_RECORD_UNIT
+    | FINDINGS_GRANTS
+    | iam.IDEMPOTENCY_STORE
+    | iam.READ_FLEET
+    | iam.ASSUME_MEMBER_ROLE
+    | _KIND_GRANTS,
+    "close": iam.LEDGER_CLOSE_RUN | iam.SLOT_LOCK | iam.OUTBOX | iam.NOTIFY | iam.READ_FLEET,
 }
 
 

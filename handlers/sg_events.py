@@ -24,6 +24,7 @@ from handlers._wiring import idempotency_store, logger, metrics, notifier, runti
 PERMISSIONS = {
     "handler": iam.LEDGER_RECORD_EVENT
     | FINDINGS_GRANTS
+    | iam.OUTBOX
     | iam.IDEMPOTENCY_STORE
     | iam.NOTIFY
     | iam.READ_FLEET

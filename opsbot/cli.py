@@ -177,6 +177,30 @@ def cmd_pause(args: argparse.Namespace) -> int:
     return 1 if any(r.outcome == "failed" for r in results) else 0
 
 
+# ---- sweep: what the scheduled sweeper does ----------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from automations.breach_checks.alerts import AlertBook
+    from automations.breach_checks.checks import reap_check_runs
+    from automations.breach_checks.rules import QUOTAS_FILE
+    from automations.core.runs import reap_task_runs
+    from automations.core.sweeper import flush_outbox
+
+    rt = _runtime()
+    notifier = _notifier(rt.settings)
+    reaped = reap_task_runs(rt.ledger, notifier, rules=rt.rules)
+    reaped += reap_check_runs(
+        rt.ledger, rules=rt.rules.get(QUOTAS_FILE), fleet=rt.fleet, book=AlertBook(rt.ledger.table), notifier=notifier
+    )
+    counts = flush_outbox(rt.ledger, notifier)
+    for run in reaped:
+        print(f"reaped {run['run_id']}: {run['status']} ({run.get('close_reason')})")
+    print(
+        f"{len(reaped)} run(s) reaped; announcements: {counts['delivered']} delivered, "
+        f"{counts['still_pending']} still pending"
+    )
+    return 1 if counts["still_pending"] else 0
+
+
 # ---- local ---------------------------------------------------------------------------------
 def cmd_local(args: argparse.Namespace) -> int:
     from opsbot.local import lifecycle
@@ -262,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("alerts", help="open breach alerts, or one by its id")
     p.add_argument("alert_id", nargs="?")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("sweep", help="close runs left RUNNING past their deadline; deliver pending announcements")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("local", help="the local embedded AWS: up | seed | slack | down")
     p.add_argument("action", choices=["up", "seed", "slack", "down"])

@@ -24,5 +24,12 @@ KIND_GRANTS = frozenset(
     g for registry in (catalog.TASK_KINDS, catalog.CHECK_KINDS) for kind in registry for g in kind.hub_grants
 )
 OPERATOR = (
-    LEDGER_ALL | iam.LEDGER_LISTS | iam.READ_FLEET | iam.NOTIFY | iam.ASSUME_MEMBER_ROLE | PAUSE_GRANTS | KIND_GRANTS
+    LEDGER_ALL
+    | iam.LEDGER_LISTS
+    | iam.PENDING_LIST
+    | iam.READ_FLEET
+    | iam.NOTIFY
+    | iam.ASSUME_MEMBER_ROLE
+    | PAUSE_GRANTS
+    | KIND_GRANTS
 )

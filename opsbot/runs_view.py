@@ -19,7 +19,9 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
                 r["task"],
                 r.get("slot"),
                 r.get("trigger", {}).get("type"),
-                r["status"] + (" (dry run)" if r.get("dry_run") else ""),
+                r["status"]
+                + (" (dry run)" if r.get("dry_run") else "")
+                + (" (reaped)" if str(r.get("close_reason") or "").startswith("reaped") else ""),
                 r["started_at"],
                 took(r),
                 # Snapshots taken or copied (or that would be, in a dry run).
@@ -81,6 +83,8 @@ def show_run(ledger: Ledger, run_id: str) -> str:
             f"\n{run.get('event_name')} by {actor['arn']} ({actor['principal_type']}) from "
             f"{actor['source_ip']} [{actor['user_agent'][:60]}]; latency {run.get('latency_seconds')}s"
         )
+    if run.get("close_reason"):
+        out.append(f"closed by: {run['close_reason']}")
     if run.get("ignored"):
         out.append(f"ignored: {run['ignored']}")
     out.append("")

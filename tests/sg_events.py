@@ -150,7 +150,9 @@ class Sg:
 def sg(ledger, broker) -> Any:
     ec2 = broker.client(ACCOUNT_A, REGION, "ec2")
     calls: list[str] = []
-    ec2.meta.events.register("before-send.ec2", lambda **kw: calls.append(_action(kw)))
+    # Both clients the broker hands out: the revoke goes through the one without botocore retries.
+    for client in (ec2, broker.client(ACCOUNT_A, REGION, "ec2", retries=False)):
+        client.meta.events.register("before-send.ec2", lambda **kw: calls.append(_action(kw)))
     with SlackStandIn("xoxb-test") as slack:
         notifier = Notifier(slack=WebClient("xoxb-test", base_url=slack.base_url), slack_channel="#sec")
         yield Sg(ec2, broker, ledger, notifier, slack, calls)

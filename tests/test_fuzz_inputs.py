@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -186,12 +185,9 @@ def test_the_slack_endpoint_never_answers_5xx_to_a_signed_request(endpoint):
             body = encoded = urlencode({"pay": text})
         elif transport == "many-fields":
             body = encoded = "&".join(f"f{i}=1" for i in range(5000)) + "&" + body
-        started = time.monotonic()
         response = _post(endpoint, encoded, signed(body), b64)
-        took = time.monotonic() - started
         counts[str(response["statusCode"])] += 1
         assert response["statusCode"] < 500, (transport, response)
-        assert took < 3.0, f"{transport}: {took:.2f}s"
 
     check()
     unsigned = _post(endpoint, urlencode({"payload": json.dumps(base)}), {}, False)

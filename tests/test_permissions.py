@@ -57,8 +57,8 @@ def resource_name(template: dict[str, Any], resource: Any) -> str:
     tokens = re.findall(r"\$\{([A-Za-z0-9]+)[.}]", text) + re.findall(r'"([A-Za-z0-9]+)"', text)
     referenced = [token for token in tokens if token in names]
     if referenced:
-        suffix = "/index/by-time" if "/index/by-time" in text else ("/index/*" if "/index/" in text else "")
-        return referenced[0] + suffix
+        index = re.search(r"/index/([\w*-]+)", text)
+        return referenced[0] + (f"/index/{index[1]}" if index else "")
     arn = resource["Fn::Sub"] if isinstance(resource, dict) else str(resource)
     return arn.rsplit(":", 1)[-1]
 

@@ -271,7 +271,7 @@ def test_a_member_account_denied(shimmed, hub_session, fleet, broker, inbox):
                 )
     for run in runs:
         assert run["status"] == "PARTIAL", run["failures"]
-        assert run["units"] == {"total": 4, "succeeded": 2, "failed": 2}
+        assert run["units"] == {"total": 4, "succeeded": 2, "failed": 2}, run["failures"]
         assert all(ACCOUNT_B in f and "AccessDenied" in f for f in run["failures"])
     alerts = inbox.alerts()
     failed = sorted((a["data"]["check"], a["data"]["region"]) for a in alerts if a["kind"] == "breach-check-failed")

@@ -21,7 +21,7 @@ from tests.sg_events import REGION, permissions, readdress, record, without_rule
 def world_ssh(sg: Any, name: str = "app") -> tuple[str, dict[str, Any]]:
     """A group with SSH open to the world, and the real modern record of that change, re-addressed."""
     group = sg.group(name=name)
-    return group, sg.apply("authorize_sg_ingress_modern", group)
+    return group, sg.apply("authorize_sg_ingress_modern", group, event_id=f"00000000-0000-4000-8000-{name:0>12}"[:36])
 
 
 def open_rules(sg: Any, group: str) -> list[str]:

@@ -234,3 +234,30 @@ def test_a_copy_that_failed_after_the_call_is_deleted_and_made_again(ledger, fle
     (dropped,) = [a for a in ledger.actions(again["run_id"]) if a["action"] == "delete-failed-copy"]
     # Recorded where it happened: the DR account/region, not the source unit's.
     assert (dropped["account"], dropped["region"], dropped["outcome"]) == (ACCOUNT_A, DR_REGION, "deleted")
+
+
+def test_two_copies_of_one_source_the_newer_is_deleted(ledger, fleet, broker, source):
+    from moto.ec2.models import ec2_backends
+
+    run(ledger, fleet, broker, "snapshot-daily", DAY)
+    slot = DAY + timedelta(hours=2, minutes=30)
+    run(ledger, fleet, broker, "dr-copy", slot)
+    first = copies(broker)[0]
+    dr = broker.client(ACCOUNT_A, DR_REGION, "ec2")
+    twin = dr.copy_snapshot(
+        SourceSnapshotId=tags(first)["opsbot:source-snapshot"],
+        SourceRegion="us-east-1",
+        Encrypted=True,
+        KmsKeyId=KEY,
+        TagSpecifications=[{"ResourceType": "snapshot", "Tags": first["Tags"]}],
+    )["SnapshotId"]
+    snapshots = ec2_backends[ACCOUNT_A][DR_REGION].snapshots
+    snapshots[twin].start_time = snapshots[first["SnapshotId"]].start_time + timedelta(seconds=5)
+
+    again = run(ledger, fleet, broker, "dr-copy", slot)
+
+    assert again["counts"]["duplicates_deleted"] == 1 and again["counts"].get("copied", 0) == 0
+    made = {c["SnapshotId"] for c in copies(broker)}
+    assert first["SnapshotId"] in made and twin not in made and len(made) == 2
+    (dropped,) = [a for a in ledger.actions(again["run_id"]) if a["action"] == "delete-duplicate"]
+    assert (dropped["account"], dropped["region"], dropped["deleted_ids"]) == (ACCOUNT_A, DR_REGION, [twin])

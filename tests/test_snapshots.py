@@ -296,3 +296,28 @@ def test_a_snapshot_whose_reply_was_lost_is_found_by_its_tag_not_taken_twice(led
     assert result["counts"]["created"] == 1 and result["counts"]["found_after_error"] == 1
     (snap,) = m.snapshots("snapshot-daily")
     assert snap["VolumeId"] == volume
+
+
+def test_two_snapshots_for_one_slot_the_newer_is_deleted(ledger, fleet, broker, member):
+    """A create that slipped past every guard (two processes, both before the tag was visible): the next
+    run of the slot keeps the older snapshot and deletes the newer, and records why."""
+    from moto.ec2.models import ec2_backends
+
+    m = member()
+    volume = m.volume({"OpsTaskList": "snapshot-daily"})
+    first = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
+    (kept,) = m.snapshots("snapshot-daily")
+    twin = m.ec2.create_snapshot(
+        VolumeId=volume,
+        TagSpecifications=[{"ResourceType": "snapshot", "Tags": kept["Tags"]}],
+    )["SnapshotId"]
+    snapshots = ec2_backends[ACCOUNT_A]["us-east-1"].snapshots
+    snapshots[twin].start_time = snapshots[kept["SnapshotId"]].start_time + timedelta(seconds=5)
+
+    again = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME, accounts=[ACCOUNT_A], regions=["us-east-1"])
+
+    assert first["counts"]["created"] == 1
+    assert again["counts"]["duplicates_deleted"] == 1 and again["counts"].get("created", 0) == 0
+    assert [s["SnapshotId"] for s in m.snapshots("snapshot-daily")] == [kept["SnapshotId"]]
+    (dropped,) = [a for a in ledger.actions(again["run_id"]) if a["action"] == "delete-duplicate"]
+    assert dropped["deleted_ids"] == [twin] and dropped["detail"]["volume_id"] == volume

@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from automations.core.fleet import load_fleet  # noqa: E402
-from automations.core.ledger import RUNS_INDEX  # noqa: E402
+from automations.core.ledger import PENDING_INDEX, RUNS_INDEX  # noqa: E402
 from automations.core.tasks import load_tasks  # noqa: E402
 
 HUB = ROOT / "template.yaml"
@@ -246,10 +246,11 @@ def test_ledger_table_has_ttl_pitr_and_the_runs_index(hub: dict[str, Any]) -> No
         {"AttributeName": "pk", "KeyType": "HASH"},
         {"AttributeName": "sk", "KeyType": "RANGE"},
     ]
-    (index,) = props["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == RUNS_INDEX
-    assert [k["AttributeName"] for k in index["KeySchema"]] == ["gsi1pk", "gsi1sk"]
-    assert index["Projection"] == {"ProjectionType": "ALL"}
+    by_time, pending = props["GlobalSecondaryIndexes"]
+    assert (by_time["IndexName"], pending["IndexName"]) == (RUNS_INDEX, PENDING_INDEX)
+    assert [k["AttributeName"] for k in by_time["KeySchema"]] == ["gsi1pk", "gsi1sk"]
+    assert [k["AttributeName"] for k in pending["KeySchema"]] == ["pending_pk", "pending_sk"]
+    assert by_time["Projection"] == pending["Projection"] == {"ProjectionType": "ALL"}
 
 
 def test_idempotency_table_matches_powertools_defaults(hub: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -39,7 +39,9 @@ from automations.breach_checks.kinds import Measurement
 from automations.breach_checks.rules import Thresholds
 from automations.core.clock import iso, parse_time, utcnow
 from automations.core.iam import LEDGER, grants
-from automations.core.ledger import RUNS_INDEX, plain, query_all, to_dynamo
+from automations.core.ledger import CONDITION_FAILED, RUNS_INDEX, new_token, plain, query_all, to_dynamo, transact
+from automations.core.notify import Alert
+from automations.core.outbox import Outbox
 
 # Alert items: one Query per unit, conditional puts, a read-back after a lost race.
 ALERT_STATE_GRANTS = grants(LEDGER, "dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem")
@@ -76,6 +78,7 @@ class Transition:
     state: dict[str, Any]
     previous_percent: float | None
     measurement: Measurement
+    announcement_id: str | None = None  # its announcement in the outbox, written with the transition
 
     @property
     def notify(self) -> bool:
@@ -124,10 +127,11 @@ def decide(
             "reminder_hours": t.reminder_hours,
         },
     }
-    if level is Level.NO_DATA:
+    if level is Level.NO_DATA:  # unknown: keeps the last reading, never lowers or resolves anything
         reading["no_data_since"] = (prev or {}).get("no_data_since") or stamp
+        reading["no_data_checks"] = int((prev or {}).get("no_data_checks") or 0) + 1
     else:
-        reading.update(usage=m.usage, percent=pct, no_data_since=None)
+        reading.update(usage=m.usage, percent=pct, no_data_since=None, no_data_checks=0)
 
     if not is_open:
         if level not in (Level.WARNING, Level.CRITICAL):
@@ -205,10 +209,17 @@ class AlertBook:
         *,
         level: Level | None = None,
         account_name: str | None = None,
+        outbox: Outbox | None = None,
+        render: Callable[[Transition], Alert] | None = None,
     ) -> Transition | None:
-        """Apply one observation; returns what happened (None: nothing stored, nothing to say)."""
+        """Apply one observation; returns what happened (None: nothing stored, nothing to say).
+
+        With an ``outbox`` (and how to ``render`` it), a transition that calls for an announcement writes
+        it in the same transaction as the new state. A write whose condition failed because it had been
+        applied already (its reply lost) is recognised by its token and returned as this call's."""
         now = self.clock()
         current = dict(prev) if prev is not None else None
+        token = new_token()
         for _ in range(self.max_attempts):
             decided = decide(current, m, t, level or level_of(m, t), now, self.ids)
             if decided is None:
@@ -227,7 +238,13 @@ class AlertBook:
                 "gsi1pk": ALERTS_INDEX_KEY,
                 "gsi1sk": fields["alert_id"],
                 "expires_at": int((now + timedelta(days=self.ttl_days)).timestamp()),
+                "token": token,
             }
+            previous = (current or {}).get("percent") if current and current.get("status") == OPEN else None
+            transition = Transition(event, plain(to_dynamo(item)), previous, m)
+            if transition.notify and outbox is not None and render is not None:
+                announcement = f"alert#{item['alert_id']}#{item['version']}"
+                transition = replace(transition, announcement_id=announcement)
             condition: dict[str, Any] = (
                 {"ConditionExpression": "attribute_not_exists(pk)"}
                 if current is None
@@ -238,14 +255,19 @@ class AlertBook:
                 }
             )
             try:
-                self.table.put_item(Item=to_dynamo(item), **condition)
+                if transition.announcement_id and outbox is not None and render is not None:
+                    entry = outbox.item(transition.announcement_id, render(transition))
+                    transact(self.table, {"Put": {"Item": item, **condition}}, {"Put": {"Item": entry}})
+                else:
+                    self.table.put_item(Item=to_dynamo(item), **condition)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                if exc.response.get("Error", {}).get("Code") not in CONDITION_FAILED:
                     raise
-                current = self.state(account, region, m.key)  # someone else got there: decide again
-                continue
-            previous = (current or {}).get("percent") if current and current.get("status") == OPEN else None
-            return Transition(event, plain(to_dynamo(item)), previous, m)
+                current = self.state(account, region, m.key)
+                if current is not None and current.get("token") == token:
+                    return transition  # our own write, applied although its reply was lost
+                continue  # someone else got there: decide again
+            return transition
         raise AlertConflict(f"{account}/{region} {m.key}: still changing after {self.max_attempts} attempts")
 
     # ---- lookups ---------------------------------------------------------------------------

@@ -31,7 +31,19 @@ from automations.core.fleet import Fleet, SessionBroker
 from automations.core.kinds import UnitOutcome
 from automations.core.ledger import Action, Ledger
 from automations.core.notify import Notifier
-from automations.core.runs import Plan, RunError, Trigger, Unit, close, execute_unit, open_run, run_in_pool
+from automations.core.outbox import Outbox
+from automations.core.runs import (
+    REAPED,
+    Plan,
+    RunError,
+    Trigger,
+    Unit,
+    close,
+    execute_unit,
+    open_run,
+    overdue_runs,
+    run_in_pool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +104,26 @@ class _Observer:
 
     def __call__(self, m: Measurement, prev: Mapping[str, Any] | None, level: Level | None = None) -> Transition | None:
         thresholds = self.rules.thresholds(self.account, m.service, m.quota_code)
+        # The announcement is written with the transition (outbox) and delivered here; what is not
+        # delivered stays pending for the next invocation and the sweeper.
+        outbox = Outbox(self.book.table, self.notifier, self.book.clock)
         transition = self.book.observe(
-            self.account, self.region, m, thresholds, prev, level=level, account_name=self.account_name
+            self.account,
+            self.region,
+            m,
+            thresholds,
+            prev,
+            level=level,
+            account_name=self.account_name,
+            outbox=outbox,
+            render=alert_message,
         )
         if transition is None:
             return None
         self.counts[transition.event] += 1
         if not transition.notify:
             return transition
-        errors = self.notifier.send(alert_message(transition)) if self.notifier else []
+        errors = outbox.deliver(transition.announcement_id) if transition.announcement_id else []
         if errors:
             self.counts["notify_failed"] += 1
         if self.record is not None:
@@ -131,6 +154,26 @@ def _observer(
 ) -> _Observer:
     member = fleet.account(account)
     return _Observer(book, notifier, rules, account, region, member.name if member else account, Counter())
+
+
+NO_DATA_LIMIT = 3  # consecutive checks without a usable reading before on-call hears it cannot be watched
+
+
+def _watch_no_data(
+    observe: _Observer, check: str, m: Measurement, state: Mapping[str, Any] | None, states: Mapping[str, Any]
+) -> None:
+    """An open alert whose metric keeps coming back unknown opens its own "cannot check" alert (same
+    lifecycle: once, reminders, one recovery); it resolves when a reading comes back."""
+    if state is None or state.get("status") != OPEN:
+        return
+    key = f"check/{check}/metric/{m.key}"
+    if m.percent is None and int(state.get("no_data_checks") or 0) >= NO_DATA_LIMIT:
+        note = f"{state.get('name')}: no usable reading in {state.get('no_data_checks')} checks ({m.note or 'no data'})"
+        blind = Measurement(check=f"{check}-access", key=key, name=check, service="opsbot", note=note)
+        observe(blind, states.get(key), Level.WARNING)
+    elif m.percent is not None and (states.get(key) or {}).get("status") == OPEN:
+        recovered = Measurement(check=f"{check}-access", key=key, name=check, service="opsbot", note="recovered")
+        observe(recovered, states.get(key), Level.CLEAR)
 
 
 def _failure_measurement(check: str, error: str) -> Measurement:
@@ -166,10 +209,11 @@ def run_check_unit(
         for m in result.measurements:
             measured.add(m.key)
             observe.counts[level_of(m, rules.thresholds(unit.account, m.service, m.quota_code)).value] += 1
-            observe(m, states.get(m.key))
+            after = observe(m, states.get(m.key))
+            _watch_no_data(observe, unit.job, m, after.state if after else states.get(m.key), states)
         for key, state in states.items():
-            if state.get("status") != OPEN:
-                continue
+            if state.get("status") != OPEN or key.startswith(result.skipped):
+                continue  # a part of the check that errored: unknown, so its alerts stand
             if state.get("check") == unit.job and key not in measured:
                 gone = Measurement(
                     check=unit.job,
@@ -235,14 +279,25 @@ def run_checks_now(
     clock: Callable[[], datetime] = utcnow,
 ) -> dict[str, Any]:
     """Local/test runner: the state machine's plan/unit/close steps, with the units in a thread pool."""
-    run_in_pool(
+    raised = run_in_pool(
         plan.units,
         lambda u: run_check_unit(
             u, rules=rules, fleet=fleet, broker=broker, ledger=ledger, book=book, notifier=notifier, clock=clock
         ),
         max_workers,
     )
-    return close_check(plan.run_id, ledger, rules=rules, fleet=fleet, book=book, notifier=notifier)
+    return close_check(plan.run_id, ledger, rules=rules, fleet=fleet, book=book, notifier=notifier, reason=raised)
+
+
+def reap_check_runs(
+    ledger: Ledger, *, rules: BreachRules, fleet: Fleet, book: AlertBook, notifier: Notifier | None
+) -> list[dict[str, Any]]:
+    """Close check runs still RUNNING past their deadline; their missing units open 'cannot check' alerts."""
+    return [
+        close_check(run["run_id"], ledger, rules=rules, fleet=fleet, book=book, notifier=notifier, reason=REAPED)
+        for run in overdue_runs(ledger)
+        if run.get("kind") == "breach-check"
+    ]
 
 
 def recent_check_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:

@@ -59,6 +59,7 @@ class MeasureResult:
     metric_calls: int = 0
     unmonitored: list[str] | None = None  # quotas with no usage metric: counted, not dropped
     errors: list[str] | None = None  # parts of the check that failed (the rest still counts)
+    skipped: tuple[str, ...] = ()  # key prefixes not measured because of an error: their alerts stand
 
 
 class CheckKind(Generic[S]):

@@ -64,14 +64,14 @@ def _pct(usage: float, limit: float) -> float:
 def _reservations(
     lam: Any,
     functions: Mapping[str, Any],
-    fn_peak: Mapping[str, float],
+    fn_peak: Mapping[str, float | None],
     open_keys: frozenset[str],
     counts: Counter[str],
 ) -> dict[str, int]:
     """Reserved concurrency only where it can matter: functions that ran, and functions with an open alert."""
     reserved: dict[str, int] = {}
     for name in functions:
-        if fn_peak[name] <= 0 and function_key(name) not in open_keys:
+        if not fn_peak[name] and function_key(name) not in open_keys:
             continue
         counts["reservations_read"] += 1
         try:
@@ -89,7 +89,7 @@ def _reservations(
 def _account_measurement(
     peaks: MetricPeaks,
     limits: Mapping[str, Any],
-    fn_peak: Mapping[str, float],
+    fn_peak: Mapping[str, float | None],
     reserved: Mapping[str, int],
     rules: LambdaConcurrencySettings,
     counts: Counter[str],
@@ -100,35 +100,40 @@ def _account_measurement(
         ("account pool", peaks.get("account") or 0.0, account_limit),
         ("unreserved pool", peaks.get("unreserved") or 0.0, float(limits["UnreservedConcurrentExecutions"])),
     ]
+    unknown = [name for name in ("account", "unreserved") if peaks.failed(name)]
     claimed_peak = peaks.get("claimed")
     if claimed_peak is not None:
         counts["claimed_published"] = 1
         pools.append(("claimed concurrency", claimed_peak, account_limit))
     label, usage, limit = max(pools, key=lambda p: _pct(p[1], p[2]))
-    busiest = sorted((n for n in fn_peak if fn_peak[n] > 0), key=lambda n: (-fn_peak[n], n))
+    busiest = sorted((n for n in fn_peak if fn_peak[n]), key=lambda n: (-(fn_peak[n] or 0.0), n))
     return Measurement(
         check=CHECK,
         key=ACCOUNT_KEY,
         name="Lambda concurrency",
         service="lambda",
         quota_code=LAMBDA_CONCURRENCY_QUOTA,
-        usage=usage,
+        # A pool CloudWatch could not read makes the whole reading unknown: it must not lower or resolve.
+        usage=None if unknown else usage,
         limit=limit,
         unit="concurrent executions",
         window=f"over the last {rules.lookback_minutes} min, {label}",
+        note=f"CloudWatch could not read {', '.join(unknown)}" if unknown else None,
         breakdown=tuple(
             f"{name.capitalize()}: {peak:,.0f} / {lim:,.0f} ({_pct(peak, lim):.1f}%)"
             + (" <- binding" if name == label else "")
             for name, peak, lim in pools
         ),
         top=tuple(
-            f"{n}: {fn_peak[n]:,.0f}" + (f" (reserved {reserved[n]})" if n in reserved else "")
+            f"{n}: {fn_peak[n] or 0:,.0f}" + (f" (reserved {reserved[n]})" if n in reserved else "")
             for n in busiest[: rules.top_functions]
         ),
     )
 
 
-def _function_measurement(function: Mapping[str, Any], peak: float, reservation: int, lookback: int) -> Measurement:
+def _function_measurement(
+    function: Mapping[str, Any], peak: float | None, reservation: int, lookback: int
+) -> Measurement:
     """A function against its own reservation; it names the function (ARN) so a kill switch acts on it alone."""
     name, arn = function["FunctionName"], function["FunctionArn"]
     return Measurement(
@@ -173,7 +178,8 @@ def measure_lambda_concurrency(
         for name in functions
     ]
     peaks = fetch_peaks(cloudwatch, queries, now, rules.lookback_minutes)
-    fn_peak = {name: peaks.get(f"fn:{name}") or 0.0 for name in functions}
+    # Lambda publishes concurrency only while something runs: no datapoints is 0. An error is unknown (None).
+    fn_peak = {name: None if peaks.failed(f"fn:{name}") else peaks.get(f"fn:{name}") or 0.0 for name in functions}
     counts: Counter[str] = Counter(functions=len(functions))
     reserved = _reservations(lam, functions, fn_peak, open_keys, counts)
     measurements = [_account_measurement(peaks, limits, fn_peak, reserved, rules, counts)]

@@ -38,6 +38,10 @@ class MetricPeaks:
     calls: int = 0  # GetMetricData requests made (pages included)
     partial: list[str] = field(default_factory=list)  # keys CloudWatch answered with an error status
 
+    def failed(self, key: str) -> bool:
+        """CloudWatch answered this query with an error (InternalError, Forbidden): an unknown, not a 0."""
+        return key in self.partial
+
     def get(self, key: str) -> float | None:
         return self.peaks.get(key)
 

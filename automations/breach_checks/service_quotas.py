@@ -89,6 +89,7 @@ def measure_service_quotas(
     counts: Counter[str] = Counter()
     unmonitored: list[str] = []
     errors: list[str] = []
+    skipped: list[str] = []
     watched: list[tuple[dict[str, Any], str, str, MetricQuery]] = []
     for service in rules.services:
         try:
@@ -98,6 +99,7 @@ def measure_service_quotas(
             if err.get("Code") in ("AccessDeniedException", "AccessDenied"):
                 raise  # the role is missing permissions: the whole unit fails, loudly
             errors.append(f"{service}: {err.get('Code')}: {err.get('Message', '')}")
+            skipped.append(quota_key(service, ""))  # its open alerts are not "no longer measured": unknown
             continue
         for quota, source in quotas:
             code = quota["QuotaCode"]
@@ -129,7 +131,8 @@ def measure_service_quotas(
     measurements = []
     for quota, service, source, query in watched:
         code = quota["QuotaCode"]
-        peak = peaks.get(query.key)  # None: no datapoints (counted as no_data by the unit)
+        # None: no datapoints, or an error status: unknown either way (no_data), never a 0 that resolves.
+        peak = None if peaks.failed(query.key) else peaks.get(query.key)
         measurements.append(
             Measurement(
                 check=CHECK,
@@ -151,7 +154,7 @@ def measure_service_quotas(
                 link=f"https://{region}.console.aws.amazon.com/servicequotas/home/services/{service}/quotas/{code}",
             )
         )
-    return MeasureResult(measurements, counts, peaks.calls, unmonitored, errors)
+    return MeasureResult(measurements, counts, peaks.calls, unmonitored, errors, tuple(skipped))
 
 
 @CHECK_KINDS.register

@@ -19,6 +19,9 @@ from automations.core.clock import parse_time
 MAX_JSON_DEPTH = 64  # deeper than any real payload; deeper input is refused, not recursed into
 ACCOUNT_ID = re.compile(r"^\d{12}$")
 REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+# Names opsbot itself makes (task and check names, run ids): what comes back from a state machine.
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:#-]{0,255}$")
 
 
 class InputError(ValueError):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+
+# Throttling and server-side errors: the call may be tried again (after looking for its result).
+RETRYABLE_CODES = frozenset(
+    {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "ServiceUnavailable", "Unavailable"}
+)
 
 
 class NotStarted(Exception):
@@ -21,3 +26,13 @@ def error_text(exc: BaseException) -> str:
         err = exc.response.get("Error", {})
         return f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def retryable(exc: BaseException) -> bool:
+    """A failure worth trying again: connection trouble (the reply is what was lost), throttling, a 5xx."""
+    if isinstance(exc, BotoCoreError):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in RETRYABLE_CODES or status >= 500
+    return False

@@ -32,6 +32,7 @@ def actions_of(found: Iterable[Grant]) -> frozenset[str]:
 
 
 LEDGER, LEDGER_INDEX, IDEMPOTENCY = "LedgerTable", "LedgerTable/index/by-time", "IdempotencyTable"
+PENDING_INDEX = "LedgerTable/index/pending"
 
 # ---- plumbing bundles ------------------------------------------------------------------------------
 # Powertools Idempotency's DynamoDB persistence layer (get, put-if-absent, update, delete on failure).
@@ -50,13 +51,21 @@ NOTIFY = (
 )
 
 # Ledger use, by step.
-LEDGER_OPEN_RUN = grants(LEDGER, "dynamodb:PutItem")
+# A conditional put, read back when its condition fails (its own earlier attempt, reply lost?).
+LEDGER_OPEN_RUN = grants(LEDGER, "dynamodb:PutItem", "dynamodb:GetItem")
 LEDGER_RECORD_UNIT = grants(LEDGER, "dynamodb:PutItem", "dynamodb:BatchWriteItem")
-# Close reads the run, its units (and actions, for the announcement) and closes it conditionally.
-LEDGER_CLOSE_RUN = grants(LEDGER, "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem")
+# Close reads the run, its units (and actions, for the announcement), closes a dead unit's row, and closes
+# the run conditionally with its announcement (one transaction: UpdateItem + PutItem).
+LEDGER_CLOSE_RUN = grants(LEDGER, "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:PutItem")
+# The slot lock of a task run: taken at plan (read, conditional put), released at close.
+SLOT_LOCK = grants(LEDGER, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")
 LEDGER_RECORD_EVENT = grants(LEDGER, "dynamodb:PutItem")
 # Lists kept in the by-time index: open alerts by id, flipped switches.
 LEDGER_LISTS = grants(LEDGER_INDEX, "dynamodb:Query")
+# What is unfinished (the sparse pending index): RUNNING runs by deadline, undelivered announcements.
+PENDING_LIST = grants(PENDING_INDEX, "dynamodb:Query")
+# The outbox: an announcement written (in a transaction with its change, or alone), claimed, marked sent.
+OUTBOX = grants(LEDGER, "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem")
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,15 @@ once per record, and the caller re-raises so the input lands in its dead-letter 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from automations.core.boundary import InputError, dumps_for_log
 from automations.core.ledger import Ledger
 from automations.core.notify import Alert, Notifier
+from automations.core.outbox import Outbox
 
 log = logging.getLogger(__name__)
-
-ALERT_WINDOW = timedelta(hours=1)
 
 
 def report_unreadable(
@@ -36,14 +35,12 @@ def report_unreadable(
                 "payload": dumps_for_log(event),
             },
         )
-        first = ledger.claim_once(f"unreadable#{slug}#{now:%Y-%m-%dT%H}", ALERT_WINDOW)
     except Exception:  # the ledger itself may be what is failing; the dead-letter queue still has the input
         log.exception("could not record the unreadable %s %s", what, exc.source)
-        first = True
-    if not first or notifier is None:
-        return
+    # One announcement an hour per kind of input: its id is the hour's, so the outbox keeps only the first.
     try:
-        notifier.send(
+        Outbox(ledger.table, notifier, ledger.clock).announce(
+            f"unreadable#{slug}#{now:%Y-%m-%dT%H}",
             Alert(
                 kind="unreadable-input",
                 title=f"opsbot could not read a {what}",
@@ -54,7 +51,7 @@ def report_unreadable(
                 ),
                 fields=[("Input", exc.source), ("Field", exc.field)],
                 context=f"runbook: {runbook}",
-            )
+            ),
         )
     except Exception:
         log.exception("could not announce the unreadable %s %s", what, exc.source)

@@ -11,6 +11,7 @@ Every item carries ``expires_at`` (epoch seconds) for DynamoDB TTL.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,17 @@ PARTIAL = "PARTIAL"
 FAILED = "FAILED"
 RUNS_INDEX = "by-time"
 RUN_LIST_KEY = "RUN"  # gsi1pk of task runs in the by-time index; check runs use their own key
+# The sparse "pending" index lists what is not finished: RUNNING runs (by deadline, for the reaper) and
+# undelivered announcements (automations.core.outbox). Items leave it when they finish.
+PENDING_INDEX = "pending"
+OPEN_RUNS = "RUN"
+CONDITION_FAILED = ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+def new_token() -> str:
+    """A request token: written with a conditional change, so a retry whose condition fails because the
+    first attempt was applied (its reply lost) can recognise its own success by reading it back."""
+    return secrets.token_hex(8)
 
 
 def plain(value: Any) -> Any:
@@ -64,6 +76,20 @@ def to_dynamo(value: Any) -> Any:
     return value
 
 
+def transact(table: Any, *operations: dict[str, Any]) -> None:
+    """Several writes to the table, all or none (TransactWriteItems). Each operation is {"Put": {...}} or
+    {"Update": {...}} with plain values: the resource's client serialises them, as for the table."""
+    items = []
+    for op in operations:
+        ((kind, spec),) = op.items()
+        spec = {**spec, "TableName": table.name}
+        for field_ in ("Item", "Key", "ExpressionAttributeValues"):
+            if field_ in spec:
+                spec[field_] = to_dynamo(spec[field_])
+        items.append({kind: spec})
+    table.meta.client.transact_write_items(TransactItems=items)
+
+
 @dataclass
 class Action:
     """One thing done (or deliberately not done) to one resource."""
@@ -88,8 +114,13 @@ class Ledger:
     def _expiry(self) -> int:
         return int((self.clock() + timedelta(days=self.ttl_days)).timestamp())
 
+    # ---- conditional writes that recognise their own success ---------------------------------
+    def transact(self, *operations: dict[str, Any]) -> None:
+        transact(self.table, *operations)
+
     # ---- runs -------------------------------------------------------------------------
-    def open_run(self, run_id: str, **attrs: Any) -> dict[str, Any]:
+    def open_run(self, run_id: str, deadline: datetime, **attrs: Any) -> dict[str, Any]:
+        """Open a run, listed as pending until it closes (the reaper closes it if ``deadline`` passes)."""
         started = iso(self.clock())
         item = {
             "pk": f"RUN#{run_id}",
@@ -97,41 +128,73 @@ class Ledger:
             "run_id": run_id,
             "status": RUNNING,
             "started_at": started,
+            "deadline": iso(deadline),
             "gsi1pk": RUN_LIST_KEY,
             "gsi1sk": f"{started}#{run_id}",
+            "pending_pk": OPEN_RUNS,
+            "pending_sk": f"{iso(deadline)}#{run_id}",
             "expires_at": self._expiry(),
+            "token": new_token(),
             **attrs,
         }
-        self.table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(pk)")
+        try:
+            self.table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as exc:
+            stored = self.get_run(run_id) if exc.response["Error"]["Code"] in CONDITION_FAILED else None
+            if stored is None or stored.get("token") != item["token"]:
+                raise
         return item
 
-    def close_run(self, run_id: str, status: str, **attrs: Any) -> bool:
-        """Close a RUNNING run; False when it was already closed (a racing Close got there first)."""
+    def close_run(self, run_id: str, status: str, *, also: list[dict[str, Any]] | None = None, **attrs: Any) -> bool:
+        """Close a RUNNING run, together with ``also`` (e.g. its announcement) in one transaction.
+
+        False when another Close got there first; True when this call closed it, including when an
+        earlier attempt of this call did and its reply was lost."""
+        token = new_token()
         names = {"#status": "status"}
-        values: dict[str, Any] = {":status": status, ":ended": iso(self.clock()), ":running": RUNNING}
-        sets = ["#status = :status", "ended_at = :ended"]
-        for i, (key, value) in enumerate(attrs.items()):
+        values: dict[str, Any] = {
+            ":status": status,
+            ":ended": iso(self.clock()),
+            ":running": RUNNING,
+            ":token": token,
+        }
+        sets = ["#status = :status", "ended_at = :ended", "closed_token = :token"]
+        for i, (key, value) in enumerate((k, v) for k, v in attrs.items() if v is not None):
             names[f"#a{i}"] = key
-            values[f":a{i}"] = to_dynamo(value)
+            values[f":a{i}"] = value
             sets.append(f"#a{i} = :a{i}")
+        update = {
+            "Key": {"pk": f"RUN#{run_id}", "sk": "RUN"},
+            "UpdateExpression": "SET " + ", ".join(sets) + " REMOVE pending_pk, pending_sk",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ConditionExpression": "attribute_exists(pk) AND #status = :running",
+        }
         try:
-            self.table.update_item(
-                Key={"pk": f"RUN#{run_id}", "sk": "RUN"},
-                UpdateExpression="SET " + ", ".join(sets),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ConditionExpression="attribute_exists(pk) AND #status = :running",
-            )
+            if also:
+                self.transact({"Update": update}, *also)
+            else:
+                self.table.update_item(**{**update, "ExpressionAttributeValues": to_dynamo(values)})
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+            if exc.response["Error"]["Code"] not in CONDITION_FAILED:
+                raise
+            return (self.get_run(run_id) or {}).get("closed_token") == token
         return True
+
+    def open_runs(self, due_before: datetime | None = None) -> list[dict[str, Any]]:
+        """RUNNING runs (tasks and checks), by deadline; only those past ``due_before`` when given."""
+        condition: Any = Key("pending_pk").eq(OPEN_RUNS)
+        if due_before is not None:
+            condition = condition & Key("pending_sk").lt(iso(due_before))
+        return list(query_all(self.table, IndexName=PENDING_INDEX, KeyConditionExpression=condition))
 
     def record_event(self, run_id: str, attrs: dict[str, Any]) -> None:
         """An event-driven action as one item (one write): the run and its actions together.
 
         Listed with the scheduled runs; a redelivered event rewrites the same item."""
+        self.table.put_item(Item=to_dynamo(self.event_item(run_id, attrs)))
+
+    def event_item(self, run_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
         now = iso(self.clock())
         item = {
             "pk": f"RUN#{run_id}",
@@ -144,7 +207,7 @@ class Ledger:
             "expires_at": self._expiry(),
             **attrs,
         }
-        self.table.put_item(Item=to_dynamo(item))
+        return item
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         item = self.table.get_item(Key={"pk": f"RUN#{run_id}", "sk": "RUN"}).get("Item")
@@ -174,21 +237,6 @@ class Ledger:
         )
         old = resp.get("Attributes", {}).get("value")
         return str(old) if old is not None else None
-
-    def claim_once(self, key: str, window: timedelta) -> bool:
-        """True for the first caller in ``window`` (e.g. one alert an hour about unreadable events)."""
-        now = self.clock()
-        try:
-            self.table.put_item(
-                Item={"pk": f"ONCE#{key}", "sk": "ONCE", "at": iso(now), "expires_at": int((now + window).timestamp())},
-                ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
-                ExpressionAttributeValues={":now": int(now.timestamp())},
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
 
     # ---- units ------------------------------------------------------------------------
     def record_unit(self, run_id: str, account: str, region: str, **attrs: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,34 @@ class Alert:
     data: dict[str, Any] = field(default_factory=dict)
     # Slack buttons: (label, action_id, value, style). The value names a stored alert, never a free target.
     buttons: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the outbox: the whole alert, as JSON-ready data (``from_dict`` reads it back)."""
+        return {
+            "title": self.title,
+            "severity": self.severity,
+            "summary": self.summary,
+            "fields": [list(f) for f in self.fields],
+            "details": list(self.details),
+            "context": self.context,
+            "kind": self.kind,
+            "data": self.data,
+            "buttons": [list(b) for b in self.buttons],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Alert:
+        return cls(
+            title=str(data["title"]),
+            severity=str(data["severity"]),
+            summary=str(data["summary"]),
+            fields=[(str(k), str(v)) for k, v in data.get("fields", [])],
+            details=[str(d) for d in data.get("details", [])],
+            context=str(data.get("context", "")),
+            kind=str(data.get("kind", "opsbot")),
+            data=dict(data.get("data") or {}),
+            buttons=[(str(a), str(b), str(c), None if d is None else str(d)) for a, b, c, d in data.get("buttons", [])],
+        )
 
     def as_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {
@@ -97,29 +126,52 @@ class Notifier:
     slack: WebClient | None = None
     slack_channel: str | None = None
 
-    def send(self, alert: Alert) -> list[str]:
-        """Deliver to every configured channel; returns the errors (empty when all went out)."""
+    def channels(self) -> frozenset[str]:
+        """The channels this notifier delivers to: "sns", "slack"."""
+        return frozenset(
+            name
+            for name, ready in (
+                ("sns", self.sns is not None and self.topic_arn),
+                ("slack", self.slack is not None and self.slack_channel),
+            )
+            if ready
+        )
+
+    def send(self, alert: Alert, announcement_id: str | None = None, skip: frozenset[str] = frozenset()) -> list[str]:
+        """Deliver to every configured channel; returns the errors (empty when all went out).
+
+        ``announcement_id`` (the outbox's) goes with the message, so a subscriber can drop the duplicate
+        that a delivery retried after a crash may cause."""
         errors: list[str] = []
-        if self.sns is not None and self.topic_arn:
+        attributes = {
+            "severity": {"DataType": "String", "StringValue": alert.severity},
+            "kind": {"DataType": "String", "StringValue": alert.kind},
+        }
+        if announcement_id:
+            attributes["announcement_id"] = {"DataType": "String", "StringValue": announcement_id}
+        if self.sns is not None and self.topic_arn and "sns" not in skip:
             try:
                 self.sns.publish(
                     TopicArn=self.topic_arn,
                     Subject=f"[opsbot] {alert.title}"[:100],
                     Message=json.dumps(alert.as_message(), indent=2),
-                    MessageAttributes={
-                        "severity": {"DataType": "String", "StringValue": alert.severity},
-                        "kind": {"DataType": "String", "StringValue": alert.kind},
-                    },
+                    MessageAttributes=attributes,
                 )
             except (ClientError, BotoCoreError) as exc:
                 log.error("SNS publish failed: %s", exc)
                 errors.append(f"sns: {exc}")
-        if self.slack is not None and self.slack_channel:
+        if self.slack is not None and self.slack_channel and "slack" not in skip:
+            metadata = (
+                {"event_type": "opsbot_announcement", "event_payload": {"announcement_id": announcement_id}}
+                if announcement_id
+                else None
+            )
             try:
                 self.slack.chat_postMessage(
                     channel=self.slack_channel,
                     text=f"{alert.title}: {alert.summary}",
                     blocks=alert.as_blocks(),
+                    metadata=metadata,
                 )
             except (SlackApiError, OSError) as exc:
                 log.error("Slack chat.postMessage failed: %s", exc)

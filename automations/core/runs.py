@@ -21,14 +21,25 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from automations.core import ledger as L
-from automations.core.boundary import ACCOUNT_ID, REGION, mapping, source_id, text, timestamp
+from automations.core.boundary import (
+    ACCOUNT_ID,
+    JOB_NAME,
+    REGION,
+    RUN_ID,
+    InputError,
+    mapping,
+    source_id,
+    text,
+    timestamp,
+)
 from automations.core.clock import iso, parse_time, utcnow
 from automations.core.deadline import Deadline
-from automations.core.errors import NotStarted, error_text
+from automations.core.errors import NotStarted, error_code, error_text
 from automations.core.fleet import AccountAccessError, Fleet, SessionBroker
 from automations.core.kinds import TASK_KINDS, KindEnv, TaskDefinition, UnitContext, UnitOutcome
 from automations.core.ledger import Action, Ledger
-from automations.core.notify import Notifier
+from automations.core.notify import Alert, Notifier
+from automations.core.outbox import Outbox
 from automations.core.rulebook import DEFAULT_RULES_DIR, RuleSource
 from automations.core.schedules import slot_for, slot_label
 
@@ -37,6 +48,12 @@ log = logging.getLogger(__name__)
 MAX_LISTED = 100
 # A unit RUNNING for longer than its Lambda can live has died without a record: count it failed.
 UNIT_LIFETIME = timedelta(minutes=16)
+# How long a run may stay RUNNING before the reaper closes it: the state machine's own timeout on AWS
+# (statemachines/run.asl.yaml TimeoutSeconds), much less for a run the CLI executes in its own process.
+RUN_DEADLINE = {"schedule": timedelta(hours=24), "cli": timedelta(hours=2)}
+REAPED = "reaped: still RUNNING past its deadline (the process or execution that ran it died)"
+# What a unit row holds (so a row closed on a dead unit's behalf keeps what the unit had written).
+UNIT_FIELDS = ("job", "status", "error", "counts", "unknown_tasks", "started_at", "check", "metric_calls")
 
 
 class RunError(ValueError):
@@ -75,8 +92,8 @@ class Unit:
         slot = text(data.get("slot"), source, "slot")
         timestamp(slot, source, "slot")
         return cls(
-            run_id=text(data.get("run_id"), source, "run_id"),
-            job=text(data.get("job"), source, "job"),
+            run_id=text(data.get("run_id"), source, "run_id", pattern=RUN_ID),
+            job=text(data.get("job"), source, "job", pattern=JOB_NAME),
             account=text(data.get("account"), source, "account", pattern=ACCOUNT_ID),
             region=text(data.get("region"), source, "region", pattern=REGION),
             slot=slot,
@@ -120,7 +137,9 @@ class CloseRequest:
         event = mapping(event, "close", "event")
         error = event.get("error")
         reason = error.get("Error") if isinstance(error, Mapping) else None
-        return cls(text(event.get("run_id"), "close", "run_id"), reason if isinstance(reason, str) else None)
+        return cls(
+            text(event.get("run_id"), "close", "run_id", pattern=RUN_ID), reason if isinstance(reason, str) else None
+        )
 
 
 @dataclass(frozen=True)
@@ -147,12 +166,14 @@ def open_run(
     targets: list[tuple[str, str]],
     dry_run: bool,
     list_key: str = L.RUN_LIST_KEY,
+    run_id: str | None = None,
     **attrs: Any,
 ) -> Plan:
     """Open the run record and list its units (shared by task runs and breach checks)."""
-    run_id = new_run_id(job, slot)
+    run_id = run_id or new_run_id(job, slot)
     ledger.open_run(
         run_id,
+        ledger.clock() + RUN_DEADLINE.get(trigger.type, RUN_DEADLINE["schedule"]),
         task=job,
         kind=kind,
         trigger=asdict(trigger),
@@ -247,12 +268,14 @@ def close(
     *,
     reason: str | None = None,
     on_missing: Callable[[dict[str, Any], str, str], None] | None = None,
+    announce: Callable[[dict[str, Any]], Alert | None] | None = None,
+    outbox: Outbox | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Derive the run's status from its unit records and close it. Returns (the run, whether this call
     closed it): a duplicate Close neither rewrites the record nor announces again.
 
-    Planned units with no record (a Lambda killed, a Map branch lost) count as failed; ``on_missing``
-    hears of each (run, planned "account/region", error)."""
+    Planned units with no result (no record: a Map branch lost; or still RUNNING: its Lambda killed)
+    count as failed; ``on_missing`` hears of each (run, planned "account/region", error)."""
     run = ledger.get_run(run_id)
     if run is None:
         raise RunError(f"no run {run_id!r} in the ledger")
@@ -263,8 +286,12 @@ def close(
     running = [u for u in units if u["status"] == L.RUNNING]
     if reason is None and any(now - parse_time(u["started_at"]) < UNIT_LIFETIME for u in running):
         raise UnitsStillRunning(f"run {run_id}: {len(running)} unit(s) still running")
-    for u in running:
-        u["status"], u["error"] = L.FAILED, "started but never finished (the function died or timed out)"
+    died = "started but never finished (the function died or timed out)" + (f" ({reason})" if reason else "")
+    for u in running:  # the rows too, not only this tally: nothing is left RUNNING under a closed run
+        u["status"], u["error"] = L.FAILED, died
+        ledger.record_unit(run_id, u["account"], u["region"], **{k: v for k, v in u.items() if k in UNIT_FIELDS})
+        if on_missing is not None:
+            on_missing(run, f"{u['account']}/{u['region']}", died)
     reported = {f"{u['account']}/{u['region']}" for u in units}
     missing = [p for p in run.get("planned_units", []) if p not in reported]
     counts: Counter[str] = Counter()
@@ -283,22 +310,42 @@ def close(
     # The run is one DynamoDB item (400 KB) and one SNS message (256 KB): keep counts whole, lists short.
     if len(failures) > MAX_LISTED:
         failures = [*failures[:MAX_LISTED], f"...and {len(failures) - MAX_LISTED} more (opsbot runs show {run_id})"]
-    won = ledger.close_run(
-        run_id,
-        status,
-        counts=dict(counts),
-        units={"total": total, **{k.lower(): v for k, v in by_status.items()}},
-        unknown_tasks=dict(list(unknown.items())[:MAX_LISTED]),
-        failures=failures,
-    )
-    return ledger.get_run(run_id) or run, won
+    fields = {
+        "counts": dict(counts),
+        "units": {"total": total, **{k.lower(): v for k, v in by_status.items()}},
+        "unknown_tasks": dict(list(unknown.items())[:MAX_LISTED]),
+        "failures": failures,
+        "close_reason": reason,
+    }
+    closed = {**run, **fields, "status": status, "ended_at": iso(now)}
+    # The announcement is written with the close (one transaction), then delivered: never lost, never twice.
+    message = announce(closed) if announce is not None and outbox is not None else None
+    also = [{"Put": {"Item": outbox.item(f"run#{run_id}", message)}}] if outbox and message else []
+    won = ledger.close_run(run_id, status, also=also, **fields)
+    release_slot(ledger, run)
+    if won and outbox is not None and message is not None:
+        outbox.deliver(f"run#{run_id}")
+    return ledger.get_run(run_id) or closed, won
 
 
-def run_in_pool(units: list[Unit], run_one: Callable[[Unit], Any], max_workers: int = 8) -> None:
-    """Local/test stand-in for the state machine's Map: the units in a thread pool."""
-    if units:
-        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(units)))) as pool:
-            list(pool.map(run_one, units))
+def run_in_pool(units: list[Unit], run_one: Callable[[Unit], Any], max_workers: int = 8) -> str | None:
+    """Local/test stand-in for the state machine's Map: the units in a thread pool. As the Map's Catch
+    does, a unit that raised (its last ledger write failed) never stops the others; the returned
+    reason (None if none raised) is what Close is given, so it closes that unit's row too."""
+    if not units:
+        return None
+
+    def guarded(unit: Unit) -> str | None:
+        try:
+            run_one(unit)
+            return None
+        except Exception as exc:
+            log.exception("unit %s %s/%s raised", unit.job, unit.account, unit.region)
+            return f"{unit.account}/{unit.region}: {error_text(exc)}"
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(units)))) as pool:
+        raised = [r for r in pool.map(guarded, units) if r]
+    return f"unit raised: {'; '.join(raised[:5])}" if raised else None
 
 
 # ---- scheduled tasks -------------------------------------------------------------------------------
@@ -319,6 +366,7 @@ def plan_run(
     task = tasks.get(task_name.lower())
     if task is None:
         raise RunError(f"unknown task {task_name!r}; defined: {sorted(tasks)}")
+    reap_task_runs(ledger, None, task.name, rules)  # a run of this task that died is closed first
     if task.kind not in TASK_KINDS:
         raise RunError(f"task {task.name!r}: kind {task.kind!r} is not available here")
     kind = TASK_KINDS.get(task.kind)
@@ -330,6 +378,9 @@ def plan_run(
     # An operator's explicit --dry-run (or not) wins over the kind's report-only first run.
     report_only = kind.report_only_reason(task, env) if dry_run is None else None
     effective_dry_run = (task.dry_run or report_only is not None) if dry_run is None else dry_run
+    run_id = new_run_id(task.name, slot)
+    if not effective_dry_run:  # a dry run changes nothing, so it may overlap anything
+        take_slot(ledger, task.name, slot, run_id, RUN_DEADLINE.get(trigger.type, RUN_DEADLINE["schedule"]))
     return open_run(
         ledger,
         fleet,
@@ -339,9 +390,80 @@ def plan_run(
         slot=slot,
         targets=targets,
         dry_run=effective_dry_run,
+        run_id=run_id,
         scope={"accounts": scope_accounts, "regions": scope_regions},
         report_only_reason=report_only,
     )
+
+
+# ---- the slot lock: two runs of one slot never both create ------------------------------------------
+def _slot_key(task: str, slot: str) -> dict[str, str]:
+    return {"pk": f"SLOT#{task}#{slot}", "sk": "LOCK"}
+
+
+def take_slot(ledger: Ledger, task: str, slot: datetime, run_id: str, hold: timedelta) -> None:
+    """Hold the slot for this run, or raise RunError naming the live run that holds it. A holder that has
+    closed (or is past its deadline) without releasing it does not block; the lock expires with it."""
+    label, now = slot_label(slot), ledger.clock()
+    key = _slot_key(task, label)
+    for _ in range(3):
+        held = ledger.table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+        holder = held.get("run_id")
+        holder_run = ledger.get_run(str(holder)) if holder else None
+        if holder_run and holder_run.get("status") == L.RUNNING and str(held.get("until", "")) > iso(now):
+            raise RunError(
+                f"slot {label} of {task} is being run by {holder} (since {holder_run.get('started_at')}); "
+                "re-run the slot once it has closed"
+            )
+        condition = "attribute_not_exists(pk) OR run_id = :holder" if holder else "attribute_not_exists(pk)"
+        values = {":holder": holder} if holder else None
+        try:
+            ledger.table.put_item(
+                Item={**key, "run_id": run_id, "until": iso(now + hold), "expires_at": int((now + hold).timestamp())},
+                ConditionExpression=condition,
+                **({"ExpressionAttributeValues": values} if values else {}),
+            )
+            return
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            stored = ledger.table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+            if stored.get("run_id") == run_id:  # our own put, applied though its reply was lost
+                return
+    raise RunError(f"slot {label} of {task}: another run took it while this one tried")
+
+
+def release_slot(ledger: Ledger, run: Mapping[str, Any]) -> None:
+    """Let the slot go (only this run's hold); a run that never held it changes nothing."""
+    if not run.get("slot") or run.get("dry_run") or run.get("kind") == "breach-check":
+        return
+    try:
+        ledger.table.delete_item(
+            Key=_slot_key(str(run["task"]), str(run["slot"])),
+            ConditionExpression="run_id = :me",
+            ExpressionAttributeValues={":me": run["run_id"]},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+
+
+# ---- the reaper: nothing stays RUNNING ---------------------------------------------------------------
+def overdue_runs(ledger: Ledger, job: str | None = None) -> list[dict[str, Any]]:
+    """RUNNING runs past their deadline (of one task or check, or all)."""
+    return [r for r in ledger.open_runs(due_before=ledger.clock()) if job is None or r.get("task") == job]
+
+
+def reap_task_runs(
+    ledger: Ledger, notifier: Notifier | None, job: str | None = None, rules: RuleSource | None = None
+) -> list[dict[str, Any]]:
+    """Close overdue task runs with the reason; their announcement says so. Check runs are the breach
+    checks' to close (``automations.breach_checks.checks.reap_check_runs``)."""
+    return [
+        close_run(run["run_id"], ledger, notifier, reason=REAPED, rules=rules)
+        for run in overdue_runs(ledger, job)
+        if run.get("kind") in TASK_KINDS
+    ]
 
 
 def _env(ledger: Ledger, rules: RuleSource | None) -> KindEnv:
@@ -358,6 +480,8 @@ def run_unit(
     rules: RuleSource | None = None,
 ) -> dict[str, Any]:
     """Run one (task, account, region) with its kind's runner; always records the unit."""
+    if unit.job not in tasks:
+        raise InputError(f"unit of {unit.run_id}", "job", f"no task {unit.job!r} in rules/tasks.yaml")
     task = tasks[unit.job]
     kind = TASK_KINDS.get(task.kind)
     env = _env(ledger, rules)
@@ -390,12 +514,15 @@ def close_run(
     reason: str | None = None,
     rules: RuleSource | None = None,
 ) -> dict[str, Any]:
-    """Close a task run and announce it the way its kind says (a failed run always)."""
-    closed, won = close(run_id, ledger, reason=reason)
-    if won and notifier is not None and closed.get("kind") in TASK_KINDS:
-        alert = TASK_KINDS.get(closed["kind"]).announce(closed, _env(ledger, rules))
-        if alert is not None:
-            notifier.send(alert)
+    """Close a task run and announce it the way its kind says (a failed run always), through the outbox."""
+    env = _env(ledger, rules)
+
+    def announce(closed: dict[str, Any]) -> Alert | None:
+        return TASK_KINDS.get(closed["kind"]).announce(closed, env) if closed.get("kind") in TASK_KINDS else None
+
+    # Without a notifier (the plan step reaping) the announcement is still written: the sweeper delivers it.
+    outbox = Outbox(ledger.table, notifier, ledger.clock)
+    closed, _ = close(run_id, ledger, reason=reason, announce=announce, outbox=outbox)
     return closed
 
 
@@ -413,5 +540,5 @@ def run_now(
 ) -> dict[str, Any]:
     """Local/test runner: the same plan/unit/close steps as the state machine, in a thread pool."""
     limit = deadline or Deadline.never()
-    run_in_pool(plan.units, lambda u: run_unit(u, tasks, broker, ledger, limit, clock, rules), max_workers)
-    return close_run(plan.run_id, ledger, notifier, rules=rules)
+    raised = run_in_pool(plan.units, lambda u: run_unit(u, tasks, broker, ledger, limit, clock, rules), max_workers)
+    return close_run(plan.run_id, ledger, notifier, reason=raised, rules=rules)

@@ -37,6 +37,8 @@ from automations.kill_switches.switchboard import Actor, Result, Switchboard, Ta
 
 log = logging.getLogger(__name__)
 MAX_AGE_SECONDS = 300
+MAX_BLOCKS = 50  # Slack's own limit for a message
+MAX_BLOCKS_BYTES = 64_000  # well inside an SQS message (256 KiB), with room for the rest of the job
 ALERT_ID = re.compile(r"^brk-\d{14}-[0-9a-f]{6}$")  # automations.breach_checks.alerts.new_alert_id
 USER_ID = re.compile(r"^[A-Z0-9]{2,32}$")
 REQUEST_GRANTS = grants(LEDGER, "dynamodb:PutItem")  # ``remember``: one conditional put per request
@@ -202,8 +204,17 @@ def parse(body: str) -> Press:
         user_id=user_id,
         user_name=name[:80],
         response_url=url if isinstance(url, str) and url.startswith(("https://", "http://")) else "",
-        blocks=[b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else [],
+        blocks=kept_blocks(blocks),
     )
+
+
+def kept_blocks(blocks: Any) -> list[dict[str, Any]]:
+    """The message's blocks, carried to the worker so it can rewrite the message; dropped (the worker then
+    posts a fresh reply) when they are not what Slack itself sends: at most 50 blocks, a small message."""
+    if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
+        return []
+    kept = [b for b in blocks if isinstance(b, dict)]
+    return kept if len(json.dumps(kept, default=str)) <= MAX_BLOCKS_BYTES else []
 
 
 def resolve(press: Press, lookup_alert: Callable[[str], Mapping[str, Any] | None], board: Switchboard) -> Target:
@@ -304,7 +315,7 @@ def parse_job(data: Any) -> Job:
             user_id=text(press.get("user_id"), source, "press.user_id", pattern=USER_ID),
             user_name=name if isinstance(name, str) else "",
             response_url=url if isinstance(url, str) and url.startswith(("https://", "http://")) else "",
-            blocks=[b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else [],
+            blocks=kept_blocks(blocks),
         ),
         target=Target(
             kind=kind,
@@ -325,7 +336,8 @@ def complete(data: Mapping[str, Any], board: Switchboard, now: datetime | None =
             WebhookClient(press.response_url, timeout=5).send(
                 text=result.sentence(),
                 blocks=updated_blocks(press, result, now or datetime.now(UTC)),
-                replace_original=True,
+                # Without the original blocks, replacing would erase the alert's text: post beside it.
+                replace_original=bool(press.blocks),
             )
         except Exception:  # the switch is flipped and audited; an unreachable Slack must not undo the job
             log.exception("could not update the Slack message for %s", job.request_id)

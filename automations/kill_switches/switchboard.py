@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from automations.core.clock import iso, utcnow
 from automations.core.errors import error_text
 from automations.core.iam import LEDGER, LEDGER_LISTS, grants
-from automations.core.ledger import RUNS_INDEX, plain, query_all
+from automations.core.ledger import RUNS_INDEX, new_token, plain, query_all
 from automations.kill_switches.kinds import SWITCH_KINDS, SwitchKind, describe
 
 SWITCH_INDEX_KEY = "SWITCH"
@@ -164,7 +164,7 @@ class Switchboard:
             result = Result(target, "flip", "failed", error=error_text(exc))
             self._audit(result, actor, context)
             return result
-        now = iso(self.clock())
+        now, token = iso(self.clock()), new_token()
         try:  # claim first: whoever wins records the original state; a racing flip becomes a no-op
             self.table.put_item(
                 Item={
@@ -177,6 +177,7 @@ class Switchboard:
                     "target": asdict(target),
                     "gsi1pk": SWITCH_INDEX_KEY,
                     "gsi1sk": f"{now}#{target.key}",
+                    "token": token,
                     **{k: v for k, v in context.items() if v is not None},
                 },
                 ConditionExpression=Attr("pk").not_exists() | Attr("flipped").eq(False),
@@ -185,9 +186,10 @@ class Switchboard:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             current = self.state(target) or {}
-            result = Result(target, "flip", "already-flipped", since=current.get("flipped_at"))
-            self._audit(result, actor, context)
-            return result
+            if current.get("token") != token:  # not our own claim (applied though its reply was lost)
+                result = Result(target, "flip", "already-flipped", since=current.get("flipped_at"))
+                self._audit(result, actor, context)
+                return result
         try:
             after = target.switch.stop(client, target.id)
         except ClientError as exc:

@@ -2,27 +2,28 @@
 
 Group tags are read only when a rule matched something (they can exempt it). Offending rules are revoked
 by rule id, one call per group and direction; a rule already gone counts as done. Alert-only findings
-are announced once and then again only every ``remind_days`` (``FindingBook``).
+are announced once and then again only every ``remind_days``; revokes are claimed first (``RuleClaims``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from automations.core.clock import iso
-from automations.core.errors import error_code, error_text
+from automations.core.errors import error_code, error_text, retryable
 from automations.core.iam import LEDGER, grants
 from automations.security_groups.policy import SgPolicy, SgRule, Verdict
 
 GONE_CODES = ("InvalidPermission.NotFound", "InvalidSecurityGroupRuleId.NotFound", "InvalidGroup.NotFound")
 RUNBOOK = "docs/runbooks/security-group-remediation.md"
-# FindingBook: one conditional put per alert-only finding.
-FINDINGS_GRANTS = grants(LEDGER, "dynamodb:PutItem")
+# RuleClaims: one conditional put (and a read-back when it fails) per finding or revoke.
+FINDINGS_GRANTS = grants(LEDGER, "dynamodb:PutItem", "dynamodb:GetItem")
 FILTER_VALUES_MAX = 200  # EC2 rejects more values in one filter (FilterLimitExceeded)
 
 
@@ -54,32 +55,51 @@ def group_tags(ec2: Any, group_ids: Iterable[str]) -> dict[str, dict[str, str]]:
     return tags
 
 
-def revoke(ec2: Any, verdicts: list[Verdict]) -> list[Outcome]:
-    """Revoke by rule id, one call per group and direction; a rule already gone is done, not an error."""
+REVOKE_ATTEMPTS = 6
+
+
+def revoke(ec2: Any, verdicts: list[Verdict], once: Any = None) -> list[Outcome]:
+    """Revoke by rule id, one call per group and direction; a rule already gone is done, not an error.
+
+    ``once`` is a client with botocore's retries off: a revoke whose reply was lost must not be re-sent
+    blindly, or its own success comes back as "not found". After an error opsbot looks first: a rule
+    that is gone after our call was in flight was revoked by it; only one gone before we tried is
+    "already-gone" (someone else got there first)."""
     outcomes: list[Outcome] = []
     batches: dict[tuple[str, bool], list[Verdict]] = {}
     for v in verdicts:
         batches.setdefault((v.rule.group_id, v.rule.is_egress), []).append(v)
     for (group_id, egress), batch in batches.items():
-        call = ec2.revoke_security_group_egress if egress else ec2.revoke_security_group_ingress
+        outcomes += _revoke_batch(ec2, once or ec2, group_id, egress, batch)
+    return outcomes
+
+
+def _revoke_batch(ec2: Any, once: Any, group_id: str, egress: bool, batch: list[Verdict]) -> list[Outcome]:
+    call = once.revoke_security_group_egress if egress else once.revoke_security_group_ingress
+    left, out, in_flight = list(batch), list[Outcome](), False
+    for attempt in range(REVOKE_ATTEMPTS):
         try:
-            call(GroupId=group_id, SecurityGroupRuleIds=[v.rule.rule_id for v in batch])
-            outcomes += [Outcome(v, "revoked") for v in batch]
-            continue
+            call(GroupId=group_id, SecurityGroupRuleIds=[v.rule.rule_id for v in left])
+            return out + [Outcome(v, "revoked") for v in left]
         except ClientError as exc:
             code, text = error_code(exc), error_text(exc)
-            if code not in GONE_CODES or len(batch) == 1:
-                result = "already-gone" if code in GONE_CODES else "failed"
-                outcomes += [Outcome(v, result, None if result == "already-gone" else text) for v in batch]
-                continue
-        for v in batch:  # one of several was gone: the call is all-or-nothing, so go one by one
-            try:
-                call(GroupId=group_id, SecurityGroupRuleIds=[v.rule.rule_id])
-                outcomes.append(Outcome(v, "revoked"))
-            except ClientError as exc:
-                code, text = error_code(exc), error_text(exc)
-                outcomes.append(Outcome(v, "already-gone") if code in GONE_CODES else Outcome(v, "failed", text))
-    return outcomes
+            if code in GONE_CODES and len(left) == 1:
+                return [*out, Outcome(left[0], "revoked" if in_flight else "already-gone")]
+            if code not in GONE_CODES and not retryable(exc):
+                return out + [Outcome(v, "failed", text) for v in left]
+            error = text
+        except BotoCoreError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        # Gone rules (one of several, or after a call that may have been applied) are looked up, not guessed.
+        in_flight = in_flight or error.split(":")[0] not in GONE_CODES
+        present = {r.rule_id for r in describe_rules(ec2, "", "", Filters=[{"Name": "group-id", "Values": [group_id]}])}
+        for v in [v for v in left if v.rule.rule_id not in present]:
+            out.append(Outcome(v, "revoked" if in_flight else "already-gone"))
+        left = [v for v in left if v.rule.rule_id in present]
+        if not left:
+            return out
+        time.sleep(min(4.0, 0.25 * 2**attempt))
+    return out + [Outcome(v, "failed", error) for v in left]
 
 
 def judge(ec2: Any, policy: SgPolicy, rules: list[SgRule], today: date) -> list[Verdict]:
@@ -96,51 +116,71 @@ def judge(ec2: Any, policy: SgPolicy, rules: list[SgRule], today: date) -> list[
     return verdicts
 
 
-@dataclass
-class FindingBook:
-    """Alert-only findings already reported, so a rule left open is not re-announced every sweep.
+NEW, MINE, THEIRS = "new", "mine", "theirs"
+CLAIM_HOURS = 1  # a revoke claim outlives any retry of the event or unit that made it
 
-    One item per rule id (ledger table); a finding is reported again after ``remind_days``."""
+
+@dataclass
+class RuleClaims:
+    """Who handles a rule: one claim per rule id in the ledger table, written before acting on it.
+
+    A revoke is claimed by the event (or sweep run) that makes it, so two events racing for one rule give
+    one revoke and one alert, and a retry of the same event (its first attempt died after revoking)
+    recognises its own claim: the rule it finds gone is the one it revoked, and it is announced.
+    Alert-only findings are claimed for ``remind_days``, so a rule left open is announced once a week,
+    not on every sweep."""
 
     table: Any
     remind_days: int = 7
 
-    def first_report(self, rule: SgRule, now: datetime) -> bool:
+    def _claim(self, pk: str, sk: str, by: str, until: datetime, now: datetime, **attrs: Any) -> str:
         try:
             self.table.put_item(
-                Item={
-                    "pk": f"FINDING#{rule.account}#{rule.region}#{rule.rule_id or rule.group_id}",
-                    "sk": "ALERT-ONLY",
-                    "rule": rule.summary(),
-                    "group_id": rule.group_id,
-                    "reported_at": iso(now),
-                    "expires_at": int((now + timedelta(days=self.remind_days)).timestamp()),
-                },
+                Item={"pk": pk, "sk": sk, "by": by, "at": iso(now), "expires_at": int(until.timestamp()), **attrs},
                 # DynamoDB's TTL deletes lazily: an expired item counts as gone.
                 ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
                 ExpressionAttributeValues={":now": int(now.timestamp())},
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            held = self.table.get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item") or {}
+            return MINE if held.get("by") == by else THEIRS
+        return NEW
+
+    def revoke(self, rule: SgRule, by: str, now: datetime) -> str:
+        pk = f"REVOKE#{rule.account}#{rule.region}#{rule.rule_id or rule.group_id}"
+        return self._claim(pk, "REVOKE", by, now + timedelta(hours=CLAIM_HOURS), now, group_id=rule.group_id)
+
+    def first_report(self, rule: SgRule, now: datetime, by: str = "") -> bool:
+        pk = f"FINDING#{rule.account}#{rule.region}#{rule.rule_id or rule.group_id}"
+        until = now + timedelta(days=self.remind_days)
+        return self._claim(pk, "ALERT-ONLY", by, until, now, rule=rule.summary(), group_id=rule.group_id) != THEIRS
 
 
 def enforce(
     ec2: Any,
     verdicts: list[Verdict],
     report_only: bool = False,
-    findings: FindingBook | None = None,
+    claims: RuleClaims | None = None,
     now: datetime | None = None,
+    by: str = "",
+    once: Any = None,
 ) -> list[Outcome]:
+    """Act on the verdicts: alert-only findings once (claimed), revokes by whoever claims them first."""
+    now = now or datetime.now(UTC)
     outcomes = [Outcome(v, "exempt") for v in verdicts if v.action == "exempt"]
     for v in (v for v in verdicts if v.action == "alert"):
-        known = findings is not None and not findings.first_report(v.rule, now or datetime.now(UTC))
+        known = claims is not None and not claims.first_report(v.rule, now, by)
         outcomes.append(Outcome(v, "known" if known else "alerted"))
     to_revoke = [v for v in verdicts if v.action == "revoke"]
     if report_only:
-        outcomes += [Outcome(v, "would-revoke") for v in to_revoke]
-    elif to_revoke:
-        outcomes += revoke(ec2, to_revoke)
+        return outcomes + [Outcome(v, "would-revoke") for v in to_revoke]
+    held = {id(v): claims.revoke(v.rule, by, now) if claims else NEW for v in to_revoke}
+    outcomes += [Outcome(v, "handled-elsewhere") for v in to_revoke if held[id(v)] == THEIRS]
+    mine = [v for v in to_revoke if held[id(v)] != THEIRS]
+    for outcome in revoke(ec2, mine, once):
+        if outcome.result == "already-gone" and held[id(outcome.verdict)] == MINE:
+            outcome.result = "revoked"  # by this event's earlier attempt, whose story was never told
+        outcomes.append(outcome)
     return outcomes

@@ -15,6 +15,7 @@ rules (DescribeSecurityGroupRules) instead of the record's.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -169,10 +170,36 @@ def parse_event(event: Any, now: datetime | None = None) -> SgChange | Ignored:
         change = _modify(envelope, params, source, notes)
     else:
         change = _authorize(envelope, params, response, source, notes)
+    if notes.unclear:  # fail closed: any group the record names anywhere gets its actual rules judged
+        for found in _group_ids_in(detail):
+            notes.group(found)
+    if not notes.groups and not change.get("group_name") and not change.get("rule_ids"):
+        raise InputError(source, "detail.requestParameters.groupId", "names no security group")
     # A record is one event: what it cannot say in a few dozen notes and groups, it does not say.
     return SgChange(
         **{**change, "unclear": tuple(notes.unclear[:MAX_NOTES]), "groups": tuple(notes.groups[:MAX_NOTES])}
     )
+
+
+GROUP_ID = re.compile(r"^sg-[0-9a-f]{8,17}$")
+MAX_NODES = 20_000  # a real record has a few hundred; an absurd one is not walked to its end
+
+
+def _group_ids_in(node: Any) -> list[str]:
+    """Every security-group id anywhere in the record (iteratively: no recursion on deep input)."""
+    found: list[str] = []
+    stack, seen = [node], 0
+    while stack and seen < MAX_NODES:
+        value = stack.pop()
+        seen += 1
+        if isinstance(value, str):
+            if GROUP_ID.match(value) and value not in found:
+                found.append(value)
+        elif isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
 
 
 def _event_time(detail: Mapping[str, Any], envelope: Mapping[str, Any], source: str, now: datetime | None) -> datetime:
@@ -237,7 +264,7 @@ def _authorize(
             notes.unclear.append(f"{exc.field}: {exc.problem}")
     requested = [] if rule_set else _requested(params, source, notes)
     if group_id is None and group_name is None and not notes.groups:
-        raise InputError(source, "detail.requestParameters.groupId", "names no security group")
+        notes.unclear.append("detail.requestParameters.groupId: names no group where CloudTrail puts it")
     return {
         "envelope": envelope,
         "egress": egress,

@@ -21,13 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from automations.core.boundary import InputError, source_id
 from automations.core.clock import iso
+from automations.core.errors import error_code
 from automations.core.fleet import AccountAccessError, SessionBroker
 from automations.core.intake import report_unreadable
-from automations.core.ledger import Ledger
+from automations.core.ledger import CONDITION_FAILED, Ledger
 from automations.core.notify import Alert, Notifier
-from automations.security_groups.enforcement import RUNBOOK, FindingBook, Outcome, describe_rules, enforce, judge
+from automations.core.outbox import Outbox
+from automations.security_groups.enforcement import RUNBOOK, Outcome, RuleClaims, describe_rules, enforce, judge
 from automations.security_groups.events import Actor, Envelope, Ignored, SgChange, parse_event
 from automations.security_groups.policy import SgPolicy, SgRule
 
@@ -131,7 +135,7 @@ def remediate(
     broker: SessionBroker,
     policy: SgPolicy,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    findings: FindingBook | None = None,
+    claims: RuleClaims | None = None,
 ) -> Remediation:
     """Judge and act on one parsed change, in the account/region it came from (if the fleet has it)."""
     env = change.envelope
@@ -144,7 +148,9 @@ def remediate(
     ec2 = broker.client(env.account, env.region, "ec2")
     rules, result.read_groups = rules_to_judge(ec2, change)
     now = clock()
-    result.outcomes = enforce(ec2, judge(ec2, policy, rules, now.date()), findings=findings, now=now)
+    once = broker.client(env.account, env.region, "ec2", retries=False)  # revokes: opsbot retries, after looking
+    verdicts = judge(ec2, policy, rules, now.date())
+    result.outcomes = enforce(ec2, verdicts, claims=claims, now=now, by=f"event:{env.event_id}", once=once)
     gone = [o for o in result.outcomes if o.result == "already-gone"]
     if gone and result.read_groups is None and change.groups:
         # The record named a rule that is not there (revoked meanwhile, or the record was wrong): make sure
@@ -154,7 +160,8 @@ def remediate(
         group_filter = [{"Name": "group-id", "Values": list(change.groups)}]
         more = [r for r in describe_rules(ec2, env.account, env.region, Filters=group_filter) if r.rule_id not in done]
         rules += more
-        result.outcomes += enforce(ec2, judge(ec2, policy, more, now.date()), findings=findings, now=now)
+        verdicts = judge(ec2, policy, more, now.date())
+        result.outcomes += enforce(ec2, verdicts, claims=claims, now=now, by=f"event:{env.event_id}", once=once)
     result.checked = len(rules)
     return result
 
@@ -249,7 +256,7 @@ def handle_event(
         if isinstance(parsed, Ignored):
             rem = Remediation(parsed.envelope, ignored=parsed.reason)
         else:
-            rem = remediate(parsed, broker, policy, clock, FindingBook(ledger.table))
+            rem = remediate(parsed, broker, policy, clock, RuleClaims(ledger.table))
     except InputError as exc:
         report_unreadable("security-group event", event, exc, ledger, notifier, now, RUNBOOK)
         raise
@@ -270,22 +277,35 @@ def handle_event(
 
 
 def tell(rem: Remediation, ledger: Ledger, notifier: Notifier | None, now: datetime) -> dict[str, Any]:
-    """The alert and the ledger record, each attempted whatever happened to the other."""
-    run_id = f"sg-{rem.event_id}"
+    """The ledger record and the announcement in one write (the outbox), then the delivery.
+
+    A retried event finds its announcement written already and keeps it (no second one). If the write
+    itself fails after opsbot acted, the alert goes out directly before the error is raised: on-call
+    hears of a revoke even when the ledger is down."""
+    run_id, announcement = f"sg-{rem.event_id}", f"sg#{rem.event_id}"
     record = remediation_record(rem, now)
-    failures: list[str] = []
-    if rem.to_notify and notifier is not None:
-        try:
-            failures += notifier.send(remediation_alert(rem, run_id, record["latency_seconds"]))
-        except Exception as exc:  # Notifier.send catches what it knows; anything else must not lose the record
-            log.exception("alert for %s failed", run_id)
-            failures.append(f"alert: {type(exc).__name__}: {exc}")
-    if rem.ignored is None or rem.outcomes:
-        try:
+    alert = remediation_alert(rem, run_id, record["latency_seconds"]) if rem.to_notify else None
+    outbox = Outbox(ledger.table, notifier, ledger.clock)
+    keep = rem.ignored is None or bool(rem.outcomes)
+    try:
+        if alert is not None and keep:
+            entry = {"Item": outbox.item(announcement, alert), "ConditionExpression": "attribute_not_exists(pk)"}
+            try:
+                ledger.transact({"Put": {"Item": ledger.event_item(run_id, record)}}, {"Put": entry})
+            except ClientError as exc:
+                if error_code(exc) not in CONDITION_FAILED:
+                    raise
+                ledger.record_event(run_id, record)  # the announcement is there from an earlier attempt
+        elif keep:
             ledger.record_event(run_id, record)
-        except Exception as exc:
-            log.exception("ledger record for %s failed", run_id)
-            raise StoryError(f"{run_id}: acted, announced, but not recorded: {exc}") from exc
+        elif alert is not None:
+            outbox.add(announcement, alert)
+    except Exception as exc:
+        log.exception("ledger record for %s failed", run_id)
+        if alert is not None and notifier is not None:
+            notifier.send(alert, announcement)
+        raise StoryError(f"{run_id}: acted and announced, but not recorded: {exc}") from exc
+    failures = outbox.deliver(announcement) if alert is not None else []
     return {
         "run_id": run_id,
         "status": record["status"],

@@ -11,7 +11,7 @@ from automations.core.kinds import TASK_KINDS, KindEnv, TaskDefinition, TaskKind
 from automations.core.ledger import Action
 from automations.core.notify import Alert
 from automations.core.runs import MAX_LISTED
-from automations.security_groups.enforcement import RUNBOOK, FindingBook, describe_rules, enforce, judge
+from automations.security_groups.enforcement import RUNBOOK, RuleClaims, describe_rules, enforce, judge
 from automations.security_groups.policy import POLICY_FILE
 
 REPORTED = ("revoked", "would-revoke", "alerted", "failed")  # action outcomes listed in the announcement
@@ -46,14 +46,22 @@ class SecurityGroupSweep(TaskKind[None]):
     def run_unit(self, ctx: UnitContext[None]) -> UnitOutcome:
         """Apply the policy to every rule of every group in one account/region (report-only in dry-run)."""
         policy = ctx.env.rules.get(POLICY_FILE)
-        findings = FindingBook(ctx.env.ledger.table)
+        claims = RuleClaims(ctx.env.ledger.table)
         ec2 = ctx.client("ec2")
         outcome = UnitOutcome()
         rules = describe_rules(ec2, ctx.account, ctx.region, PaginationConfig={"PageSize": 1000})
         outcome.counts["rules_checked"] = len(rules)
         now = ctx.now()
         verdicts = judge(ec2, policy, rules, now.date())
-        for o in enforce(ec2, verdicts, report_only=ctx.dry_run, findings=findings, now=now):
+        for o in enforce(
+            ec2,
+            verdicts,
+            report_only=ctx.dry_run,
+            claims=claims,
+            now=now,
+            by=f"run:{ctx.run_id}",
+            once=ctx.client("ec2", retries=False),
+        ):
             outcome.counts[o.result.replace("-", "_")] += 1
             rule = o.verdict.rule
             ctx.record(

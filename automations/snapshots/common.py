@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from automations.core.errors import error_code, error_text
+from automations.core.errors import error_code, error_text, retryable
 from automations.core.kinds import UnitContext
 from automations.core.ledger import Action
 
@@ -39,10 +39,6 @@ RETENTION_SCHEMA = {
         "max_age_days": {"type": "integer", "minimum": 1, "maximum": 36500},
     },
 }
-# Throttling and server-side errors: the call may be tried again (after looking for its result).
-RETRYABLE_CODES = frozenset(
-    {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "ServiceUnavailable", "Unavailable"}
-)
 CREATE_ATTEMPTS = 8  # as many as botocore's own retries get elsewhere (automations.core.fleet.CLIENT_CONFIG)
 
 
@@ -106,15 +102,6 @@ def find_tagged(ec2: Any, tags: Mapping[str, str]) -> dict[str, Any] | None:
     return min(usable, key=lambda s: s["StartTime"]) if usable else None
 
 
-def retryable(exc: BaseException) -> bool:
-    if isinstance(exc, BotoCoreError):  # connection reset, read timeout: the reply is what was lost
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return error_code(exc) in RETRYABLE_CODES or status >= 500
-    return False
-
-
 R = TypeVar("R")
 
 
@@ -123,7 +110,7 @@ def create_once(
     find: Callable[[], R | None],
     *,
     attempts: int = CREATE_ATTEMPTS,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> tuple[R, bool]:
     """Call a create that takes no client token until it is known to have happened, exactly once.
 
@@ -135,7 +122,7 @@ def create_once(
         except (ClientError, BotoCoreError) as exc:
             again = retryable(exc) and attempt < attempts - 1
             if again:  # back off first: a snapshot just made may take a moment to show in a listing
-                sleep(min(8.0, 0.5 * 2**attempt))
+                (sleep or time.sleep)(min(8.0, 0.5 * 2**attempt))
             found = find()  # applied although the reply was lost, throttled or answered 500?
             if found is not None:
                 return found, True
@@ -227,6 +214,29 @@ def apply_retention(
             continue
         counts["deleted"] += 1
         ctx.record(base(outcome="deleted", deleted_ids=[snap.snapshot_id], detail=detail))
+
+
+def drop_duplicates(
+    ec2: Any,
+    ctx: UnitContext[Any],
+    volume_id: str,
+    extra: list[ExistingSnapshot],
+    counts: Counter[str],
+    where: tuple[str, str] | None = None,
+) -> None:
+    """Delete the newer of two snapshots made for one slot (or copies of one source): the oldest stays."""
+    account, region = where or (ctx.account, ctx.region)
+    for snap in extra:
+        base = partial(Action, account, region, snap.snapshot_id, "delete-duplicate")
+        try:
+            ec2.delete_snapshot(SnapshotId=snap.snapshot_id)
+        except ClientError as exc:
+            if error_code(exc) != "InvalidSnapshot.NotFound":
+                counts["failed"] += 1
+                ctx.record(base(outcome="failed", error=error_text(exc), detail={"volume_id": volume_id}))
+                continue
+        counts["duplicates_deleted"] += 1
+        ctx.record(base(outcome="deleted", deleted_ids=[snap.snapshot_id], detail={"volume_id": volume_id}))
 
 
 def failed_problems(counts: Counter[str]) -> list[str]:

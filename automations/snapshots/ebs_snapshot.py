@@ -33,6 +33,7 @@ from automations.snapshots.common import (
     Retention,
     apply_retention,
     create_once,
+    drop_duplicates,
     failed_problems,
     find_tagged,
     pages,
@@ -141,6 +142,10 @@ def _description(ctx: UnitContext[SnapshotOptions], target: Target) -> str:
     )[:255]
 
 
+def _age(snap: ExistingSnapshot) -> tuple[Any, str]:
+    return (snap.start_time, snap.snapshot_id)
+
+
 @TASK_KINDS.register
 class EbsSnapshot(TaskKind[SnapshotOptions]):
     name = "ebs-snapshot"
@@ -232,10 +237,13 @@ class EbsSnapshot(TaskKind[SnapshotOptions]):
         """This slot's snapshot of one volume: found, taken, or (dry run) imagined. None when it failed."""
         base = ctx.about(target.volume_id, "create-snapshot")
         detail = {"instance_id": target.instance_id} if target.instance_id else {}
-        done = next((s for s in snaps if s.slot == label and s.state != "error"), None)
-        if done is not None:
+        same_slot = sorted((s for s in snaps if s.slot == label and s.state != "error"), key=_age)
+        if same_slot:
+            done, extra = same_slot[0], same_slot[1:]
             counts["skipped_existing"] += 1
             ctx.record(base(outcome="skipped-existing", created_ids=[done.snapshot_id], detail=detail))
+            if extra and not ctx.dry_run:  # two for one slot (a create that slipped past every guard)
+                drop_duplicates(ec2, ctx, target.volume_id, extra, counts)
             return []
         if ctx.dry_run:
             counts["would_create"] += 1

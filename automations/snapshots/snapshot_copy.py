@@ -48,6 +48,7 @@ from automations.snapshots.common import (
     Retention,
     apply_retention,
     create_once,
+    drop_duplicates,
     failed_problems,
     find_tagged,
     snapshots_by,
@@ -175,8 +176,11 @@ class EbsSnapshotCopy(TaskKind[CopyOptions]):
             mine = [c for c in group if (c.tags.get(TAG_SOURCE_ACCOUNT), c.tags.get(TAG_SOURCE_REGION)) == here]
             for broken in (c for c in mine if c.state == "error"):
                 self._drop_failed_copy(ctx, dest_ec2, broken, (dest_account, dest_region), counts)
-            if usable := [c for c in mine if c.state != "error"]:
+            usable = sorted((c for c in mine if c.state != "error"), key=lambda c: (c.start_time, c.snapshot_id))
+            if usable:
                 copies[key] = usable[0]
+            if len(usable) > 1 and not ctx.dry_run:  # two copies of one source: the newer goes
+                drop_duplicates(dest_ec2, ctx, key, usable[1:], counts, (dest_account, dest_region))
         failed_volumes: set[str] = set()
         for index, source in enumerate(sources):
             if ctx.deadline.near():

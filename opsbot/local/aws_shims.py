@@ -32,6 +32,14 @@ What moto (5.2) lacks, and what this adds to it:
      member shared with it. The shim looks in the account that shared it, as EC2 does (Amazon EBS
      User Guide, "Share an Amazon EBS snapshot" and "Copy an Amazon EBS snapshot"); a snapshot that
      was not shared with the caller still fails InvalidSnapshot.NotFound.
+  5. dynamodb:TransactWriteItems: moto deep-copies every table a transaction touches before it starts
+     and, when any condition fails, puts the whole copy back. That costs O(table) per transaction (the
+     ledger holds every action of every run), rolls back what other requests wrote meanwhile, and
+     races them ("dictionary changed size during iteration"). DynamoDB isolates a transaction to its
+     own items. The shim checks every condition first, answers TransactionCanceledException with one
+     CancellationReason per item (``{"Code": "None"}`` for those that passed), and only then writes,
+     under a lock shared by transactions, keeping a copy of just the items it writes in case a write
+     fails validation (DynamoDB API reference, TransactWriteItems).
 
 CloudWatch metrics that AWS publishes itself (AWS/Lambda, AWS/Usage) are put locally with
 PutMetricData (opsbot/local/seed.py); moto accepts those namespaces, AWS would not.
@@ -44,6 +52,7 @@ import base64
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from functools import cache
@@ -279,6 +288,78 @@ def _patched_copy_snapshot(original: Any) -> Any:
     return copy_snapshot
 
 
+# ---- DynamoDB: TransactWriteItems isolated to its items -------------------------------------------
+_TRANSACTIONS = threading.Lock()
+
+
+def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    with _TRANSACTIONS:
+        steps: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        reasons: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
+        seen: set[tuple[str, str]] = set()
+        for entry in transact_items:
+            if len(entry) > 1:
+                raise TransactWriteSingleOpException
+            op_type, op = next(iter(entry.items()))
+            table = self.get_table(op["TableName"])
+            if op_type == "Put":
+                key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = op["Item"][table.range_key_attr]
+            else:
+                key = op["Key"]
+            marker = (op["TableName"], json.dumps(key, sort_keys=True))
+            if marker in seen:
+                raise MultipleTransactionsException()
+            seen.add(marker)
+            current = self.get_item(op["TableName"], key)
+            condition = op.get("ConditionExpression")
+            if condition is not None and not get_filter_expression(
+                condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            ).expr(current):
+                old = (
+                    current.to_json()["Attributes"]
+                    if current and op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD"
+                    else None
+                )
+                reasons.append(("ConditionalCheckFailed", "The conditional request failed", old))
+            else:
+                reasons.append((None, None, None))
+            steps.append((op_type, op, key))
+        if any(code for code, _, _ in reasons):
+            raise TransactionCanceledException(reasons)
+        kept = []  # the items about to be written, as they were: put back if a write fails validation
+        for _, op, key in steps:
+            current = self.get_item(op["TableName"], key)
+            kept.append((op["TableName"], key, current.to_json()["Attributes"] if current else None))
+        try:
+            for op_type, op, key in steps:
+                names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+                if op_type == "Put":
+                    self.put_item(op["TableName"], op["Item"])
+                elif op_type == "Delete":
+                    self.delete_item(op["TableName"], key)
+                elif op_type == "Update":
+                    self.update_item(op["TableName"], key, op["UpdateExpression"], names, values)
+        except Exception:
+            for table_name, key, attrs in kept:
+                if attrs is None:
+                    self.delete_item(table_name, key)
+                else:
+                    self.put_item(table_name, attrs)
+            raise
+
+
 # ---- install ----------------------------------------------------------------------------------
 _ORIGINAL_DEFAULTS: Any = None  # moto's own ListAWSDefaultServiceQuotas, put back by uninstall()
 
@@ -287,6 +368,7 @@ def install() -> None:
     """Add the shim to moto (idempotent). Before the server's first request, or inside mock_aws."""
     from moto.awslambda import urls as lambda_urls
     from moto.awslambda.responses import LambdaResponse
+    from moto.dynamodb.models import DynamoDBBackend
     from moto.ec2.models.elastic_block_store import EBSBackend
     from moto.iam.access_control import IAMRequestBase
     from moto.servicequotas.responses import ServiceQuotasResponse
@@ -304,11 +386,15 @@ def install() -> None:
         IAMRequestBase.__init__ = _patched_iam_init(IAMRequestBase.__init__)  # type: ignore[method-assign]
     if not hasattr(EBSBackend.copy_snapshot, "opsbot_original"):
         EBSBackend.copy_snapshot = _patched_copy_snapshot(EBSBackend.copy_snapshot)  # type: ignore[method-assign]
+    if vars(DynamoDBBackend)["transact_write_items"] is not _transact_write_items:
+        _transact_write_items.opsbot_original = vars(DynamoDBBackend)["transact_write_items"]  # type: ignore[attr-defined]
+        DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     from moto.awslambda import urls as lambda_urls
     from moto.awslambda.responses import LambdaResponse
+    from moto.dynamodb.models import DynamoDBBackend
     from moto.ec2.models.elastic_block_store import EBSBackend
     from moto.iam.access_control import IAMRequestBase
     from moto.servicequotas.responses import ServiceQuotasResponse
@@ -329,6 +415,9 @@ def uninstall() -> None:
     copy = getattr(EBSBackend.copy_snapshot, "opsbot_original", None)
     if copy is not None:
         EBSBackend.copy_snapshot = copy  # type: ignore[method-assign]
+    transact = getattr(_transact_write_items, "opsbot_original", None)
+    if transact is not None:
+        DynamoDBBackend.transact_write_items = transact  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

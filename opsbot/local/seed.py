@@ -94,8 +94,9 @@ def create_member_role(session: boto3.Session, fleet: Fleet, hub_account: str) -
     )
 
 
-# The local hub identity also stands in for the Slack endpoint when the demo presses a button.
-LOCAL_HUB_EXTRAS = frozenset({"sqs:SendMessage"})
+# The local hub identity also stands in for the Slack endpoint when the demo presses a button, and moto
+# names a transaction's action after the API (dynamodb:TransactWriteItems) where AWS checks each item's.
+LOCAL_HUB_EXTRAS = frozenset({"sqs:SendMessage", "dynamodb:TransactWriteItems"})
 
 
 def hub_actions() -> list[str]:
