@@ -6,12 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 from automations import breach_checks, kill_switches, security_groups, snapshots
+from automations.breach_checks.alerts import AlertBook
+from automations.breach_checks.checks import reap_check_runs
 from automations.breach_checks.kinds import CHECK_KINDS
 from automations.breach_checks.rules import QUOTAS_FILE
 from automations.core.fleet import FLEET_FILE
 from automations.core.iam import Capability
 from automations.core.kinds import TASK_KINDS
+from automations.core.notify import Notifier
 from automations.core.rulebook import RuleFile
+from automations.core.runs import reap_task_runs
+from automations.core.runtime import Runtime
+from automations.core.sweeper import SweepResult, sweep
 from automations.core.tasks import TASKS_FILE
 from automations.kill_switches.kinds import SWITCH_KINDS
 from automations.kill_switches.policies import POLICIES_FILE
@@ -35,4 +41,23 @@ RULE_FILES: tuple[tuple[RuleFile[Any], bool], ...] = (
     (ONCALL_FILE, False),
 )
 
-__all__ = ["CAPABILITIES", "CHECK_KINDS", "RULE_FILES", "SWITCH_KINDS", "TASK_KINDS"]
+
+def housekeeping(rt: Runtime, notifier: Notifier | None) -> SweepResult:
+    """The sweeper's pass (``handlers/sweeper.py``, ``opsbot sweep``): every run kind's reaper, then the outbox."""
+    return sweep(
+        rt.ledger,
+        notifier,
+        {
+            "task runs": lambda: reap_task_runs(rt.ledger, notifier, rules=rt.rules),
+            "check runs": lambda: reap_check_runs(
+                rt.ledger,
+                rules=lambda: rt.rules.get(QUOTAS_FILE),
+                fleet=rt.fleet,
+                book=AlertBook(rt.ledger.table),
+                notifier=notifier,
+            ),
+        },
+    )
+
+
+__all__ = ["CAPABILITIES", "CHECK_KINDS", "RULE_FILES", "SWITCH_KINDS", "TASK_KINDS", "housekeeping"]

@@ -37,6 +37,7 @@ def _runtime_for(fleet_text: str | None) -> Runtime:
 def reset() -> None:
     """Forget the built runtime (tests switch rules and tables between cases)."""
     _runtime_for.cache_clear()
+    _notifier_for.cache_clear()
     sqs.cache_clear()
 
 

@@ -9,13 +9,9 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations import catalog  # noqa: F401  (task kinds announce their reaped runs)
-from automations.breach_checks.alerts import ALERT_STATE_GRANTS, AlertBook
-from automations.breach_checks.checks import reap_check_runs
-from automations.breach_checks.rules import QUOTAS_FILE
+from automations.breach_checks.alerts import ALERT_STATE_GRANTS
+from automations.catalog import housekeeping
 from automations.core import iam
-from automations.core.runs import reap_task_runs
-from automations.core.sweeper import flush_outbox
 from handlers._wiring import logger, metrics, notifier, runtime, tracer
 
 PERMISSIONS = {
@@ -29,20 +25,21 @@ PERMISSIONS = {
 }
 
 
+class SweepIncomplete(Exception):
+    """Raised after everything else was done, so the function's Errors alarm tells on-call."""
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    rt = runtime()
-    alerts = notifier()
-    reaped = reap_task_runs(rt.ledger, alerts, rules=rt.rules)
-    reaped += reap_check_runs(
-        rt.ledger, rules=rt.rules.get(QUOTAS_FILE), fleet=rt.fleet, book=AlertBook(rt.ledger.table), notifier=alerts
-    )
-    counts = flush_outbox(rt.ledger, alerts)
-    metrics.add_metric(name="RunsReaped", unit=MetricUnit.Count, value=len(reaped))
-    metrics.add_metric(name="AnnouncementsDelivered", unit=MetricUnit.Count, value=counts["delivered"])
-    metrics.add_metric(name="AnnouncementsUndelivered", unit=MetricUnit.Count, value=counts["still_pending"])
-    result = {"reaped": [r["run_id"] for r in reaped], **counts}
-    logger.info("swept", extra=result)
-    return result
+    result = housekeeping(runtime(), notifier())
+    metrics.add_metric(name="RunsReaped", unit=MetricUnit.Count, value=len(result.reaped))
+    metrics.add_metric(name="AnnouncementsDelivered", unit=MetricUnit.Count, value=result.announcements["delivered"])
+    undelivered = result.announcements["still_pending"]
+    metrics.add_metric(name="AnnouncementsUndelivered", unit=MetricUnit.Count, value=undelivered)
+    summary = {"reaped": [r["run_id"] for r in result.reaped], **result.announcements, "errors": result.errors}
+    logger.info("swept", extra=summary)
+    if result.errors:
+        raise SweepIncomplete("; ".join(result.errors)[:2000])
+    return summary

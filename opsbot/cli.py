@@ -179,26 +179,20 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 # ---- sweep: what the scheduled sweeper does ----------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from automations.breach_checks.alerts import AlertBook
-    from automations.breach_checks.checks import reap_check_runs
-    from automations.breach_checks.rules import QUOTAS_FILE
-    from automations.core.runs import reap_task_runs
-    from automations.core.sweeper import flush_outbox
+    from automations.catalog import housekeeping
 
     rt = _runtime()
-    notifier = _notifier(rt.settings)
-    reaped = reap_task_runs(rt.ledger, notifier, rules=rt.rules)
-    reaped += reap_check_runs(
-        rt.ledger, rules=rt.rules.get(QUOTAS_FILE), fleet=rt.fleet, book=AlertBook(rt.ledger.table), notifier=notifier
-    )
-    counts = flush_outbox(rt.ledger, notifier)
-    for run in reaped:
+    result = housekeeping(rt, _notifier(rt.settings))
+    for run in result.reaped:
         print(f"reaped {run['run_id']}: {run['status']} ({run.get('close_reason')})")
+    for error in result.errors:
+        print(f"could not sweep {error}", file=sys.stderr)
+    pending = result.announcements["still_pending"]
     print(
-        f"{len(reaped)} run(s) reaped; announcements: {counts['delivered']} delivered, "
-        f"{counts['still_pending']} still pending"
+        f"{len(result.reaped)} run(s) reaped; announcements: {result.announcements['delivered']} delivered, "
+        f"{pending} still pending"
     )
-    return 1 if counts["still_pending"] else 0
+    return 1 if pending or result.errors else 0
 
 
 # ---- local ---------------------------------------------------------------------------------

@@ -318,3 +318,35 @@ def test_a_member_account_denied(shimmed, hub_session, fleet, broker, inbox):
 
 def ledger_table(session: boto3.Session) -> Any:
     return session.resource("dynamodb").Table(LEDGER_TABLE)
+
+
+def test_a_transient_service_quotas_error_leaves_that_services_alerts_open(
+    shimmed, fleet, broker, ledger, book, inbox, monkeypatch
+):
+    """ListServiceQuotas throttled past retries for one check: its service's alerts are unknown, not gone."""
+    sq = member(broker, ACCOUNT_A, "us-east-1", "service-quotas")
+    sq.request_service_quota_increase(ServiceCode="ec2", QuotaCode=STANDARD, DesiredValue=100)
+    now = datetime.now(UTC)
+    vcpus(member(broker, ACCOUNT_A, "us-east-1", "cloudwatch"), "Standard/OnDemand", 90, minutes_ago(now, 1))
+    scope = {"accounts": [ACCOUNT_A], "regions": ["us-east-1"]}
+    check(fleet, broker, ledger, book, inbox, now, **scope)
+    (opened,) = [a for a in inbox.alerts() if a["kind"] == "service-quota"]
+
+    def throttled(**kwargs: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        raise ClientError(
+            {"Error": {"Code": "TooManyRequestsException", "Message": "Rate exceeded"}}, "ListServiceQuotas"
+        )
+
+    client = broker.client(ACCOUNT_A, "us-east-1", "service-quotas")
+    client.meta.events.register("before-call.service-quotas.ListServiceQuotas", throttled)
+    try:
+        run = check(fleet, broker, ledger, book, inbox, now + timedelta(minutes=5), **scope)
+    finally:
+        client.meta.events.unregister("before-call.service-quotas.ListServiceQuotas", throttled)
+
+    assert run["status"] == "PARTIAL" and "TooManyRequestsException" in run["failures"][0]
+    state = book.state(ACCOUNT_A, "us-east-1", quota_key("ec2", STANDARD))
+    assert state is not None and state["status"] == OPEN and state["alert_id"] == opened["data"]["alert_id"]
+    assert [a for a in inbox.alerts() if a["kind"] == "service-quota"] == []  # no "resolved", no re-open

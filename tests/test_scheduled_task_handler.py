@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -114,3 +115,60 @@ def test_close_waits_for_a_unit_still_running_and_fails_one_that_died(handler, m
         assert again["status"] == "PARTIAL"
     run = runtime().ledger.get_run(plan["run_id"])
     assert any("never finished" in f for f in run["failures"])
+
+
+def test_the_sweeper_reaps_an_execution_that_died_and_delivers_its_announcement(
+    handler, member, hub_session, monkeypatch
+):
+    """A state machine execution that died after one unit (its Close never ran): a day later the sweeper
+    closes the run with the reason, fails the unit rows, and the run's announcement reaches SNS once."""
+    from freezegun import freeze_time
+
+    from handlers import _wiring, sweeper
+
+    sns, sqs = hub_session.client("sns"), hub_session.client("sqs")
+    topic = sns.create_topic(Name="opsbot-alerts")["TopicArn"]
+    monkeypatch.setenv("OPSBOT_ALERT_TOPIC_ARN", topic)
+    queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    plan = handler.plan(schedule_input(), FakeLambdaContext())
+    handler.unit(plan["units"][0], FakeLambdaContext())
+    ledger = _wiring.runtime().ledger
+    ledger.record_unit(plan["run_id"], ACCOUNT_B, "us-east-1", status="RUNNING", started_at=plan["units"][0]["slot"])
+
+    with freeze_time(datetime.now(UTC) + timedelta(hours=25)):
+        first = sweeper.handler({}, FakeLambdaContext())
+        again = sweeper.handler({}, FakeLambdaContext())
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+
+    assert first["reaped"] == [plan["run_id"]] and again["reaped"] == []
+    run = ledger.get_run(plan["run_id"])
+    assert run["status"] == "PARTIAL" and run["close_reason"].startswith("reaped:")
+    assert all(u["status"] != "RUNNING" for u in ledger.units(plan["run_id"]))
+
+    ids = [json.loads(m["Body"])["MessageAttributes"]["announcement_id"]["Value"] for m in messages]
+    assert ids == [f"run#{plan['run_id']}"]
+
+
+def test_a_reaper_that_fails_never_keeps_the_others_or_the_outbox_from_running(handler, member):
+    """An overdue check run with quotas.yaml missing (the check reaper cannot load its rules): the task
+    run is still reaped and announced, and the sweeper then fails loudly, naming what it could not do."""
+    from freezegun import freeze_time
+
+    from handlers import _wiring, sweeper
+
+    plan = handler.plan(schedule_input(), FakeLambdaContext())
+    ledger = _wiring.runtime().ledger
+    ledger.open_run(
+        "lambda-concurrency-20151008T0300Z-aaaaaa",
+        datetime.now(UTC) + timedelta(minutes=30),
+        kind="breach-check",
+        task="lambda-concurrency",
+        planned_units=[],
+    )
+    with freeze_time(datetime.now(UTC) + timedelta(hours=25)), pytest.raises(sweeper.SweepIncomplete) as failed:
+        sweeper.handler({}, FakeLambdaContext())
+    assert "check runs" in str(failed.value) and "quotas.yaml" in str(failed.value)
+    assert ledger.get_run(plan["run_id"])["status"] == "FAILED"
+    assert ledger.get_run("lambda-concurrency-20151008T0300Z-aaaaaa")["status"] == "RUNNING"

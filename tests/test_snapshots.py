@@ -321,3 +321,25 @@ def test_two_snapshots_for_one_slot_the_newer_is_deleted(ledger, fleet, broker, 
     assert [s["SnapshotId"] for s in m.snapshots("snapshot-daily")] == [kept["SnapshotId"]]
     (dropped,) = [a for a in ledger.actions(again["run_id"]) if a["action"] == "delete-duplicate"]
     assert dropped["deleted_ids"] == [twin] and dropped["detail"]["volume_id"] == volume
+
+
+def test_a_second_run_of_a_slot_that_is_being_run_is_refused_then_allowed_once_it_closed(ledger, fleet, broker, member):
+    """`opsbot run --slot` while the scheduled run of that slot is still going: refused, naming the run
+    that holds the slot, so both cannot list the volumes before either creates (two snapshots each)."""
+    import pytest
+
+    from automations.core.runs import RunError
+
+    m = member()
+    m.volume({"OpsTaskList": "snapshot-daily"})
+    scope = {"accounts": [ACCOUNT_A], "regions": ["us-east-1"]}
+    scheduled = plan_run(
+        ledger, fleet, TASKS, "snapshot-daily", Trigger("schedule", event_id="e-1"), SLOT_TIME, **scope
+    )
+    with pytest.raises(RunError) as refused:
+        plan_run(ledger, fleet, TASKS, "snapshot-daily", Trigger("cli"), SLOT_TIME + timedelta(minutes=3), **scope)
+    assert scheduled.run_id in str(refused.value) and "2026-11-20T03:00Z" in str(refused.value)
+    run_now(scheduled, TASKS, broker, ledger, None)  # closes and releases the slot
+    again = run(ledger, fleet, broker, "snapshot-daily", SLOT_TIME + timedelta(minutes=5), **scope)
+    assert again["status"] == "SUCCEEDED" and again["counts"]["skipped_existing"] == 1
+    assert len(m.snapshots("snapshot-daily")) == 1

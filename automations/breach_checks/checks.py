@@ -42,6 +42,7 @@ from automations.core.runs import (
     execute_unit,
     open_run,
     overdue_runs,
+    reap_each,
     run_in_pool,
 )
 
@@ -290,14 +291,25 @@ def run_checks_now(
 
 
 def reap_check_runs(
-    ledger: Ledger, *, rules: BreachRules, fleet: Fleet, book: AlertBook, notifier: Notifier | None
+    ledger: Ledger,
+    *,
+    rules: BreachRules | Callable[[], BreachRules],
+    fleet: Fleet,
+    book: AlertBook,
+    notifier: Notifier | None,
 ) -> list[dict[str, Any]]:
-    """Close check runs still RUNNING past their deadline; their missing units open 'cannot check' alerts."""
-    return [
-        close_check(run["run_id"], ledger, rules=rules, fleet=fleet, book=book, notifier=notifier, reason=REAPED)
-        for run in overdue_runs(ledger)
-        if run.get("kind") == "breach-check"
-    ]
+    """Close check runs still RUNNING past their deadline; their missing units open 'cannot check' alerts.
+    ``rules`` may be a loader: read only when there is a run to close (quotas.yaml is optional)."""
+    overdue = [run for run in overdue_runs(ledger) if run.get("kind") == "breach-check"]
+    if not overdue:
+        return []
+    loaded = rules() if callable(rules) else rules
+    return reap_each(
+        overdue,
+        lambda run: close_check(
+            run["run_id"], ledger, rules=loaded, fleet=fleet, book=book, notifier=notifier, reason=REAPED
+        ),
+    )
 
 
 def recent_check_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:

@@ -459,11 +459,32 @@ def reap_task_runs(
 ) -> list[dict[str, Any]]:
     """Close overdue task runs with the reason; their announcement says so. Check runs are the breach
     checks' to close (``automations.breach_checks.checks.reap_check_runs``)."""
-    return [
-        close_run(run["run_id"], ledger, notifier, reason=REAPED, rules=rules)
-        for run in overdue_runs(ledger, job)
-        if run.get("kind") in TASK_KINDS
-    ]
+    overdue = [run for run in overdue_runs(ledger, job) if run.get("kind") in TASK_KINDS]
+    return reap_each(overdue, lambda run: close_run(run["run_id"], ledger, notifier, reason=REAPED, rules=rules))
+
+
+class ReapIncomplete(Exception):
+    """Some overdue runs could not be closed (the others were): what was closed, and why the rest not."""
+
+    def __init__(self, closed: list[dict[str, Any]], errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.closed, self.errors = closed, errors
+
+
+def reap_each(
+    runs: list[dict[str, Any]], close_one: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Close each overdue run on its own: one that cannot be closed never keeps the others RUNNING."""
+    closed, errors = [], []
+    for run in runs:
+        try:
+            closed.append(close_one(run))
+        except Exception as exc:
+            log.exception("could not reap run %s", run.get("run_id"))
+            errors.append(f"{run.get('run_id')}: {error_text(exc)}")
+    if errors:
+        raise ReapIncomplete(closed, errors)
+    return closed
 
 
 def _env(ledger: Ledger, rules: RuleSource | None) -> KindEnv:
