@@ -32,11 +32,25 @@ os.environ.update(
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
 
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+
 from automations import catalog  # noqa: F401  (registers every kind, as the handlers and the CLI do)
 from automations.core.fleet import Fleet, MemberAccount, SessionBroker
 from automations.core.ledger import Ledger
 from automations.core.tasks import TaskDefinition, load_tasks
 from opsbot.local.hub import LEDGER_TABLE, create_tables
+
+
+def _flush_and_forget(self: AmazonCloudWatchEMFProvider, raise_on_empty_metrics: bool = False) -> None:
+    """TEST-ONLY: with POWERTOOLS_METRICS_DISABLED, Powertools keeps every metric it does not flush and,
+    at 100 values, prints them anyway (its auto-flush ignores the setting): thousands of in-process
+    invocations (`make fuzz`) would bury the output. Forget them at each flush instead."""
+    _powertools_flush(self, raise_on_empty_metrics)
+    self.clear_metrics()
+
+
+_powertools_flush = AmazonCloudWatchEMFProvider.flush_metrics
+AmazonCloudWatchEMFProvider.flush_metrics = _flush_and_forget  # type: ignore[method-assign]
 
 # Breach-flag fixtures (shimmed, inbox, book), registered here so pytest rewrites their asserts.
 pytest_plugins = ["tests.breach_support", "tests.sg_events", "tests.slack_support"]

@@ -74,7 +74,9 @@ def test_one_cidr_of_a_multi_cidr_permission(sg):
     perms[0]["IpRanges"].append({"CidrIp": "10.20.0.0/16"})  # same permission, a second, private range
     created = sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=perms)["SecurityGroupRules"]
     result = sg.handle(readdress(event, ACCOUNT_A, REGION, group, created))
-    assert result["counts"] == {"revoked": 1, "rules_checked": 2}
+    # The private /16 could complete a split with the group's other rules: the group (with its default
+    # egress rule) is read and judged as a whole.
+    assert result["counts"] == {"revoked": 1, "rules_checked": 3}
     ((left),) = sg.rules(group)
     assert left["CidrIpv4"] == "10.20.0.0/16" and left["FromPort"] == 22
 
@@ -189,20 +191,53 @@ def test_single_address_0_0_0_0_32_is_not_the_world(sg):
     event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = "0.0.0.0/32"
     sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
     result = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
-    assert result["counts"] == {"rules_checked": 1}
+    assert result["counts"] == {"rules_checked": 2}  # the /32 and the group's default egress rule
     assert len(sg.rules(group)) == 1
 
 
 def test_expired_exemption_no_longer_protects(sg):
     expired = sg.group({"opsbot:exempt-until": "2026-11-24", "opsbot:exempt-reason": "partner SFTP"}, name="a")
-    valid = sg.group({"opsbot:exempt-until": "2026-12-31", "opsbot:exempt-reason": "partner SFTP"}, name="b")
+    valid = sg.group({"opsbot:exempt-until": "2026-12-20", "opsbot:exempt-reason": "partner SFTP"}, name="b")
     assert sg.handle(sg.apply("authorize_sg_ingress_modern", expired))["counts"]["revoked"] == 1
     result = sg.handle(sg.apply("authorize_sg_ingress_modern", valid, event_id="other-event"))
     assert result["counts"] == {"exempt": 1, "rules_checked": 1}
     assert len(sg.rules(valid)) == 1
     run = sg.ledger.get_run(result["run_id"])
     assert "partner SFTP" in run["actions"][0]["detail"]["exempt_reason"]
-    assert len(sg.slack.messages()) == 1  # the revoke; an exempt rule is recorded, not alerted
+    revoked, exempted = sg.slack.messages()
+    assert "exemption expired on 2026-11-24" in str(revoked["blocks"])
+    assert "exemption used for the first time" in exempted["text"] and valid in str(exempted["blocks"])
+
+
+def test_an_exemption_is_announced_and_recorded_on_first_use_only(sg):
+    group = sg.group({"opsbot:exempt-until": "2026-12-20", "opsbot:exempt-reason": "vendor SFTP, SEC-77"})
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    first = sg.handle(event)
+    again = sg.handle(dict(event, id="a-later-event-for-the-same-rule"))
+    assert first["counts"]["exempt"] == 1 and again["counts"]["exempt"] == 1
+    (message,) = sg.slack.messages()
+    assert "SEC-77" in str(message["blocks"]) and "until 2026-12-20" in str(message["blocks"])
+    claim = sg.ledger.table.get_item(
+        Key={"pk": f"EXEMPT#{ACCOUNT_A}#{REGION}#{group}#tag:2026-12-20", "sk": "EXEMPTION"}
+    )
+    assert claim["Item"]["reason"] == "vendor SFTP, SEC-77" and claim["Item"]["by"].startswith("event:")
+    assert sg.ledger.get_run(again["run_id"])["actions"][0]["detail"].get("first_use") is None
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"opsbot:exempt-until": "2099-12-31", "opsbot:exempt-reason": "for ever"},
+        {"opsbot:exempt-until": "2026-12-20"},
+    ],
+    ids=["beyond-the-30-day-horizon", "no-reason"],
+)
+def test_a_tag_exemption_without_a_reason_or_beyond_the_horizon_does_not_protect(sg, tags):
+    group = sg.group(tags)
+    result = sg.handle(sg.apply("authorize_sg_ingress_modern", group))
+    assert result["counts"]["revoked"] == 1 and sg.rules(group) == []
+    (message,) = sg.slack.messages()
+    assert "exemption tag ignored" in str(message["blocks"])
 
 
 def test_rule_revoked_by_someone_else_meanwhile(sg):
@@ -231,12 +266,18 @@ def test_two_events_for_the_same_rule_at_once_one_revoke_one_alert(sg):
     assert len(sg.slack.messages()) == 1
 
 
+ALERT_ONLY = load_policy(
+    "p.yaml",
+    "rules:\n  - {name: broad-ssh, mode: alert-only, protocols: [tcp], ports: [22], source: {broader_than: {ipv4: 8}}}\n",
+)
+
+
 def test_alert_only_rule_alerts_and_leaves_the_rule(sg):
     group = sg.group()
     event = record("authorize_sg_ingress_legacy")
     event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = "0.0.0.0/4"
     sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
-    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
+    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group), ALERT_ONLY)
     assert result["counts"]["alerted"] == 1
     assert len(sg.rules(group)) == 1
     (message,) = sg.slack.messages()
@@ -309,7 +350,64 @@ def test_alert_only_finding_from_two_events_alerts_once(sg):
     event = record("authorize_sg_ingress_legacy")
     event["detail"]["requestParameters"]["ipPermissions"]["items"][0]["ipRanges"]["items"][0]["cidrIp"] = "0.0.0.0/4"
     sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
-    first = sg.handle(readdress(event, ACCOUNT_A, REGION, group))
-    second = sg.handle(readdress(event, ACCOUNT_A, REGION, group, event_id="another-event-same-rule"))
+    first = sg.handle(readdress(event, ACCOUNT_A, REGION, group), ALERT_ONLY)
+    second = sg.handle(readdress(event, ACCOUNT_A, REGION, group, event_id="another-event-same-rule"), ALERT_ONLY)
     assert first["counts"]["alerted"] == 1 and second["counts"]["known"] == 1
     assert len(sg.slack.messages()) == 1
+
+
+# ---- the world split into pieces: in one call and in two ---------------------------------------------
+def legacy_event(sg, group: str, *cidrs: str, port: int = 3306, event_id: str | None = None) -> dict[str, Any]:
+    """The recorded legacy AuthorizeSecurityGroupIngress, asking for ``cidrs`` on ``port``, applied."""
+    event = record("authorize_sg_ingress_legacy")
+    item = event["detail"]["requestParameters"]["ipPermissions"]["items"][0]
+    item.update(fromPort=port, toPort=port)
+    item["ipRanges"]["items"] = [{"cidrIp": c} for c in cidrs]
+    sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions(event))
+    return readdress(event, ACCOUNT_A, REGION, group, **({"event_id": event_id} if event_id else {}))
+
+
+WORLD_ONLY = load_policy(
+    "p.yaml",
+    "rules:\n  - {name: no-world-db, mode: remediate, protocols: [tcp], ports: [3306], source: {world: true}}\n",
+)
+
+
+def test_the_world_in_two_halves_in_one_call_is_revoked(sg):
+    group = sg.group()
+    result = sg.handle(legacy_event(sg, group, "0.0.0.0/1", "128.0.0.0/1", "203.0.113.0/24"), WORLD_ONLY)
+    assert result["counts"]["revoked"] == 2
+    assert [r["CidrIpv4"] for r in sg.rules(group)] == ["203.0.113.0/24"]  # the office range stays
+    (message,) = sg.slack.messages()
+    assert "split: 2 rules of" in str(message["blocks"])
+
+
+def test_the_world_in_two_halves_in_two_calls_revokes_both(sg):
+    group = sg.group()
+    first = sg.handle(legacy_event(sg, group, "0.0.0.0/1"), WORLD_ONLY)
+    assert first["counts"].get("revoked", 0) == 0  # half the world is not the world
+    second = sg.handle(legacy_event(sg, group, "128.0.0.0/1", event_id="the-second-call"), WORLD_ONLY)
+    assert second["counts"]["revoked"] == 2  # the new half and the earlier one
+    assert sg.rules(group) == []
+
+
+def test_two_public_slash_8s_in_two_calls_are_broad_with_the_shipped_rules(sg):
+    group = sg.group()
+    assert sg.handle(legacy_event(sg, group, "52.0.0.0/8", port=5432))["counts"].get("revoked", 0) == 0
+    second = sg.handle(legacy_event(sg, group, "54.0.0.0/8", port=5432, event_id="the-second-call"))
+    assert second["counts"]["revoked"] == 2 and sg.rules(group) == []
+    run = sg.ledger.get_run(second["run_id"])
+    assert {a["detail"]["policy_rule"] for a in run["actions"]} == {"no-broad-ranges-on-admin-and-database-ports"}
+    assert all(a["detail"]["notes"][0].startswith("split: 2 rules") for a in run["actions"])
+
+
+def test_ipv6_halves_of_the_world_are_the_world(sg):
+    group = sg.group()
+    event = record("authorize_sg_ingress_ipv6")
+    perms = permissions(event)
+    for perm in perms:
+        perm["IpRanges"] = []
+        perm["Ipv6Ranges"] = [{"CidrIpv6": "::/1"}, {"CidrIpv6": "8000::/1"}]
+    created = sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=perms)["SecurityGroupRules"]
+    result = sg.handle(readdress(event, ACCOUNT_A, REGION, group, created))
+    assert result["counts"]["revoked"] == len(created) and sg.rules(group) == []

@@ -42,7 +42,7 @@ def world_rules(ec2: Any, group: str) -> int:
 def sweep(ledger, fleet, broker, notifier, policy_text=POLICY_TEXT, when=WHEN) -> dict[str, Any]:
     rules = RuleSource(ROOT_RULES, {"security_groups.yaml": load_policy("rules/security_groups.yaml", policy_text)})
     plan = plan_run(ledger, fleet, TASKS, "sg-sweep", Trigger("schedule"), when, rules=rules)
-    return run_now(plan, TASKS, broker, ledger, notifier, rules=rules)
+    return run_now(plan, TASKS, broker, ledger, notifier, rules=rules, clock=lambda: when)
 
 
 def test_first_sweep_after_a_rules_change_reports_then_the_next_revokes(ledger, fleet, broker, member):
@@ -51,7 +51,7 @@ def test_first_sweep_after_a_rules_change_reports_then_the_next_revokes(ledger, 
     db = open_group(b, "old-db", "0.0.0.0/0", port=5432)
     web = open_group(a, "web", "0.0.0.0/0", port=443)
     bastion = open_group(
-        a, "bastion", "0.0.0.0/0", tags={"opsbot:exempt-until": "2027-01-31", "opsbot:exempt-reason": "SEC-9"}
+        a, "bastion", "0.0.0.0/0", tags={"opsbot:exempt-until": "2026-12-20", "opsbot:exempt-reason": "SEC-9"}
     )
     with SlackStandIn("xoxb-t") as slack:
         notifier = Notifier(slack=WebClient("xoxb-t", base_url=slack.base_url), slack_channel="#sec")
@@ -92,9 +92,10 @@ def test_report_only_after_change_can_be_switched_off(ledger, fleet, broker, mem
 
 def test_an_alert_only_finding_is_announced_once_not_every_sweep(ledger, fleet, broker, member):
     a = member(ACCOUNT_A).ec2
-    broad = open_group(a, "vendor-ssh", "0.0.0.0/4")  # alert-only: broader than /8, not the world
-    text = POLICY_TEXT.replace(
-        "sweep_report_only_after_rules_change: true", "sweep_report_only_after_rules_change: false"
+    broad = open_group(a, "vendor-ssh", "0.0.0.0/4")  # alert-only here: broader than /8, not the world
+    text = (
+        "settings: {sweep_report_only_after_rules_change: false}\n"
+        "rules:\n  - {name: broad-ssh, mode: alert-only, ports: [22], source: {broader_than: {ipv4: 8}}}\n"
     )
     rules = RuleSource(ROOT_RULES, {"security_groups.yaml": load_policy("rules/security_groups.yaml", text)})
     with SlackStandIn("xoxb-t") as slack:
@@ -112,3 +113,34 @@ def test_an_alert_only_finding_is_announced_once_not_every_sweep(ledger, fleet, 
     assert broad in str(message["blocks"]) and "1 alert-only" in message["blocks"][0]["text"]["text"]
     rules = a.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [broad]}])["SecurityGroupRules"]
     assert [r.get("CidrIpv4") for r in rules if not r["IsEgress"]] == ["0.0.0.0/4"]  # alert-only: left in place
+
+
+def test_the_sweep_finds_a_split_the_events_missed_and_announces_exemptions_once_then_their_expiry(
+    ledger, fleet, broker, member
+):
+    a = member(ACCOUNT_A).ec2
+    split = open_group(a, "split-db", "52.0.0.0/8", port=5432)
+    a.authorize_security_group_ingress(
+        GroupId=split,
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "IpRanges": [{"CidrIp": "54.0.0.0/8"}]}],
+    )
+    vendor = open_group(
+        a, "vendor-sftp", "0.0.0.0/0", tags={"opsbot:exempt-until": "2026-12-01", "opsbot:exempt-reason": "SEC-31"}
+    )
+    text = POLICY_TEXT.replace(
+        "sweep_report_only_after_rules_change: true", "sweep_report_only_after_rules_change: false"
+    )
+    with SlackStandIn("xoxb-t") as slack:
+        notifier = Notifier(slack=WebClient("xoxb-t", base_url=slack.base_url), slack_channel="#sec")
+        first = sweep(ledger, fleet, broker, notifier, text)
+        second = sweep(ledger, fleet, broker, notifier, text, WHEN + timedelta(hours=1))
+        expired = sweep(ledger, fleet, broker, notifier, text, WHEN + timedelta(days=7))
+        messages = slack.messages()
+    assert first["counts"]["revoked"] == 2 and first["counts"]["exempt_first_use"] == 1
+    left = a.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [split]}])["SecurityGroupRules"]
+    assert [r for r in left if not r["IsEgress"]] == []
+    assert second["counts"]["exempt"] == 1 and "exempt_first_use" not in second["counts"]
+    assert expired["counts"]["revoked"] == 1 and world_rules(a, vendor) == 0
+    assert len(messages) == 2  # the first sweep (split + exemption first used), the expiry; not the quiet one
+    assert "split: 2 rules of" in str(messages[0]["blocks"]) and "SEC-31" in str(messages[0]["blocks"])
+    assert "exemption expired on 2026-12-01" in str(messages[1]["blocks"])

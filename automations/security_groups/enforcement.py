@@ -1,8 +1,10 @@
 """Judging rules against the policy and acting on the verdicts: shared by the event path and the sweep.
 
-Group tags are read only when a rule matched something (they can exempt it). Offending rules are revoked
-by rule id, one call per group and direction; a rule already gone counts as done. Alert-only findings
-are announced once and then again only every ``remind_days``; revokes are claimed first (``RuleClaims``).
+Each group's rules are judged together (``SgPolicy.evaluate_all``: a split world is the world). Group tags
+are read only for groups where something may break the policy (they can exempt it). Offending rules are
+revoked by rule id, one call per group and direction; a rule already gone counts as done. Alert-only
+findings are announced once and then again only every ``remind_days``; an exemption is announced the
+first time it is used for a group; revokes are claimed first (``RuleClaims``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,23 @@ class Outcome:
     """What happened to one offending rule."""
 
     verdict: Verdict
-    result: str  # revoked | already-gone | would-revoke | alerted | exempt | failed
+    result: str  # revoked | already-gone | would-revoke | alerted | known | exempt | handled-elsewhere | failed
     error: str | None = None
+    first_use: bool = False  # exempt: the first time this exemption was used for this group (announced)
+
+    @property
+    def to_announce(self) -> bool:
+        return self.result in ("revoked", "alerted", "failed") or (self.result == "exempt" and self.first_use)
+
+
+def outcome_line(o: Outcome) -> str:
+    """One finding, as announcements list it: what happened, to which rule, why, and any notes."""
+    rule = o.verdict.rule
+    line = f"{o.result}: {rule.rule_id} {rule.summary()} (rule {o.verdict.forbidden.name})"
+    if o.result == "exempt":
+        line += f": exempt by {o.verdict.exempt_reason}"
+    extra = [*o.verdict.notes, *([o.error] if o.error else [])]
+    return line + (f" — {'; '.join(extra)}" if extra else "")
 
 
 def describe_rules(ec2: Any, account: str, region: str, **kwargs: Any) -> list[SgRule]:
@@ -103,17 +120,14 @@ def _revoke_batch(ec2: Any, once: Any, group_id: str, egress: bool, batch: list[
 
 
 def judge(ec2: Any, policy: SgPolicy, rules: list[SgRule], today: date) -> list[Verdict]:
-    """Verdicts for the rules that break the policy. Group tags are fetched only when something matched."""
-    suspects = [r for r in rules if policy.candidates(r)]
+    """Verdicts for the rules that break the policy, each group's rules judged together (a split world is
+    the world). Group tags (conditions, exemptions) are read only for groups where something may break it."""
+    suspects = policy.may_offend(rules)
     if not suspects:
         return []
-    tags = group_tags(ec2, (r.group_id for r in suspects))
-    verdicts = []
-    for rule in suspects:
-        tagged = replace(rule, group_tags=tags.get(rule.group_id, {}))
-        if verdict := policy.evaluate(tagged, today):
-            verdicts.append(verdict)
-    return verdicts
+    tags = group_tags(ec2, suspects)
+    tagged = [replace(r, group_tags=tags.get(r.group_id, {})) if r.group_id in suspects else r for r in rules]
+    return policy.evaluate_all(tagged, today)
 
 
 NEW, MINE, THEIRS = "new", "mine", "theirs"
@@ -152,6 +166,17 @@ class RuleClaims:
         pk = f"REVOKE#{rule.account}#{rule.region}#{rule.rule_id or rule.group_id}"
         return self._claim(pk, "REVOKE", by, now + timedelta(hours=CLAIM_HOURS), now, group_id=rule.group_id)
 
+    def exemption_used(self, verdict: Verdict, now: datetime, by: str) -> bool:
+        """Whether this is the first use of the verdict's exemption for its group (then it is announced).
+        The claim is the ledger's record of it: which exemption, why, until when, first used by whom."""
+        use, rule = verdict.exemption, verdict.rule
+        if use is None:
+            return False
+        pk = f"EXEMPT#{rule.account}#{rule.region}#{rule.group_id}#{use.ident}"
+        ends = datetime.combine(use.until, datetime.min.time(), UTC) if use.until else now + timedelta(days=365)
+        attrs = {"group_id": rule.group_id, "source": use.source, "reason": use.reason, "exempt_until": str(use.until)}
+        return self._claim(pk, "EXEMPTION", by, ends + timedelta(days=30), now, **attrs) != THEIRS
+
     def first_report(self, rule: SgRule, now: datetime, by: str = "") -> bool:
         pk = f"FINDING#{rule.account}#{rule.region}#{rule.rule_id or rule.group_id}"
         until = now + timedelta(days=self.remind_days)
@@ -169,7 +194,11 @@ def enforce(
 ) -> list[Outcome]:
     """Act on the verdicts: alert-only findings once (claimed), revokes by whoever claims them first."""
     now = now or datetime.now(UTC)
-    outcomes = [Outcome(v, "exempt") for v in verdicts if v.action == "exempt"]
+    outcomes = [
+        Outcome(v, "exempt", first_use=claims is None or claims.exemption_used(v, now, by))
+        for v in verdicts
+        if v.action == "exempt"
+    ]
     for v in (v for v in verdicts if v.action == "alert"):
         known = claims is not None and not claims.first_report(v.rule, now, by)
         outcomes.append(Outcome(v, "known" if known else "alerted"))

@@ -1,18 +1,29 @@
 """Security-group policy (``rules/security_groups.yaml``): forbidden rules, exemptions, and matching.
 
 Matching works on a *normalised* rule (one CIDR, prefix list or referenced group per rule, as EC2's
-security-group-rule API models it), with CIDR semantics rather than string matching: "world" is a
-prefix length of 0, so ``0.0.0.0/32`` is not the world; port ranges match by overlap, and an
-all-traffic rule covers every port and protocol.
+security-group-rule API models it), with CIDR semantics rather than string matching; port ranges match
+by overlap, and an all-traffic rule covers every port and protocol.
+
+A source is judged by **coverage, not by prefix**: for each forbidden rule, the CIDRs of all the group's
+rules on its ports are merged (``ipaddress.collapse_addresses``), so the world split into halves
+(``0.0.0.0/1`` + ``128.0.0.0/1``, in one call or in two) is the world, and many narrow public ranges that
+together are broader than the limit are broad. ``0.0.0.0/32`` is one address, not the world. When a union
+breaks a rule, the rules that make it break are the offenders: the broadest first until what is left no
+longer breaks it, and every other rule at least as broad as one of those (an office /24 beside a split
+world stays).
+
+Exemptions are governed: a group tag exempts only with a reason and for at most ``exemption_tag_max_days``
+(longer ones belong in this file, where they are reviewed); every exemption is announced when first used
+(``enforcement.RuleClaims``), and an expired one shows in the finding that follows it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +35,8 @@ from automations.core.clock import parse_time
 from automations.core.rulebook import LoadedDocument, Problem, RuleFile, load_document, validate_document
 
 ALL_PORTS = (0, 65535)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+BITS = {4: 32, 6: 128}
 PROTOCOL_NAMES = {"-1": "all", "all": "all", "6": "tcp", "17": "udp", "1": "icmp", "58": "icmpv6"}
 REMEDIATE, ALERT_ONLY = "remediate", "alert-only"
 
@@ -59,6 +72,11 @@ class SgRule:
     @property
     def cidr(self) -> str | None:
         return self.cidr_ipv4 or self.cidr_ipv6
+
+    def network(self, family: int) -> Network | None:
+        """This rule's CIDR as a network, if it has one of that IP version (4 or 6)."""
+        cidr = self.cidr_ipv4 if family == 4 else self.cidr_ipv6
+        return ipaddress.ip_network(cidr, strict=False) if cidr else None
 
     def port_range(self) -> tuple[int, int]:
         if self.protocol == "all" or self.from_port is None or self.from_port == -1:
@@ -107,8 +125,10 @@ class SgRule:
         )
 
 
-def _prefix_length(cidr: str) -> int:
-    return ipaddress.ip_network(cidr, strict=False).prefixlen
+def covered(networks: Sequence[Network], public_only: bool) -> int:
+    """Addresses the union of these networks (one IP version) covers; only public ones if asked."""
+    kept: list[Any] = [n for n in networks if not (public_only and n.is_private)]  # one IP version
+    return sum(int(n.num_addresses) for n in ipaddress.collapse_addresses(kept))
 
 
 @dataclass(frozen=True)
@@ -140,31 +160,61 @@ class ForbiddenRule:
         low, high = rule.port_range()
         return any(low <= p_high and p_low <= high for p_low, p_high in self.ports)
 
-    def _source_matches(self, rule: SgRule) -> bool:
-        if not self.needs_cidr:
-            return True
-        if rule.cidr_ipv4:
-            length = _prefix_length(rule.cidr_ipv4)
-            limit = self.broader_than_ipv4
-        elif rule.cidr_ipv6:
-            length = _prefix_length(rule.cidr_ipv6)
-            limit = self.broader_than_ipv6
-        else:
-            return False  # a referenced group or prefix list is never a CIDR match
-        return (self.world and length == 0) or (limit is not None and length < limit)
+    def in_scope(self, rule: SgRule) -> bool:
+        """Direction, protocol and ports: everything but the source (and the ``when`` condition)."""
+        return rule.direction == self.direction and self._protocol_matches(rule) and self._ports_match(rule)
 
-    def matches_without_condition(self, rule: SgRule) -> bool:
-        return (
-            rule.direction == self.direction
-            and self._protocol_matches(rule)
-            and self._ports_match(rule)
-            and self._source_matches(rule)
-        )
+    def condition_holds(self, rule: SgRule) -> bool:
+        return self.when is None or bool(self.when.search(rule.as_dict()))
+
+    def breaks(self, networks: Sequence[Network], family: int) -> bool:
+        """Whether sources covering these networks (one IP version) break this rule: the whole address
+        space for ``world``; more public addresses than a /N holds for ``broader_than``."""
+        if not networks:
+            return False
+        if self.world and covered(networks, public_only=False) == 2 ** BITS[family]:
+            return True
+        limit = self.broader_than_ipv4 if family == 4 else self.broader_than_ipv6
+        return limit is not None and covered(networks, public_only=True) > 2 ** (BITS[family] - limit)
+
+    def offenders(self, rules: Sequence[SgRule], with_condition: bool = True) -> list[tuple[SgRule, str | None]]:
+        """The rules of one group that break this forbidden rule, each with a note when it breaks it only
+        together with others (a split). ``with_condition=False`` ignores ``when``: a superset, for
+        deciding whether the group's tags are worth reading."""
+        scoped = [r for r in rules if self.in_scope(r) and (not with_condition or self.condition_holds(r))]
+        if not self.needs_cidr:
+            return [(r, None) for r in scoped]
+        found: list[tuple[SgRule, str | None]] = []
+        for family in (4, 6):
+            sources = [(r, n) for r in scoped if (n := r.network(family)) is not None]
+            taken = _participants(sources, lambda nets, f=family: self.breaks(nets, f))  # type: ignore[misc]
+            note = None
+            if len(taken) > 1:
+                note = (
+                    f"split: {len(taken)} rules of {taken[0].group_id} together cover "
+                    f"{covered([n for r, n in sources if r in taken], public_only=False):,} addresses "
+                    f"({', '.join(str(r.cidr) for r in taken[:6])}{', ...' if len(taken) > 6 else ''})"
+                )
+            found += [(r, note) for r in taken]
+        return found
 
     def matches(self, rule: SgRule) -> bool:
-        if not self.matches_without_condition(rule):
-            return False
-        return self.when is None or bool(self.when.search(rule.as_dict()))
+        """This one rule, alone, breaks the forbidden rule."""
+        return bool(self.offenders([rule]))
+
+
+def _participants(sources: list[tuple[SgRule, Network]], breaks: Callable[[list[Network]], bool]) -> list[SgRule]:
+    """The broadest sources first until what is left no longer breaks the rule; then every other source at
+    least as broad as the narrowest of those (equal pieces of a split are all taken, a narrow one stays)."""
+    left = sorted(sources, key=lambda s: s[1].num_addresses, reverse=True)
+    if not breaks([n for _, n in left]):
+        return []
+    taken: list[tuple[SgRule, Network]] = []
+    while left and breaks([n for _, n in left]):
+        taken.append(left.pop(0))
+    narrowest = taken[-1][1].num_addresses
+    taken += [s for s in left if s[1].num_addresses >= narrowest]
+    return [r for r, _ in taken]
 
 
 @dataclass(frozen=True)
@@ -175,26 +225,53 @@ class Exemption:
     rule: str | None = None
     until: date | None = None
 
-    def covers(self, rule: SgRule, forbidden: ForbiddenRule, today: date) -> bool:
+    def applies(self, rule: SgRule, forbidden: ForbiddenRule) -> bool:
         return (
             (self.group_id is None or self.group_id == rule.group_id)
             and (self.account is None or self.account == rule.account)
             and (self.rule is None or self.rule == forbidden.name)
-            and (self.until is None or today <= self.until)
         )
+
+    @property
+    def ident(self) -> str:
+        """Stable for as long as the entry is unchanged: a changed entry is a new exemption, announced."""
+        text = f"{self.group_id}|{self.account}|{self.rule}|{self.until}|{self.reason}"
+        return "file:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ExemptionUse:
+    """The exemption a verdict rests on: where it comes from, why, until when (for the announcement)."""
+
+    ident: str  # "file:<hash>" or "tag:<until>"
+    source: str  # "rules/security_groups.yaml" or the tag
+    reason: str
+    until: date | None
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.reason}" + (f" (until {self.until})" if self.until else " (no end date)")
 
 
 @dataclass(frozen=True)
 class Verdict:
     rule: SgRule
     forbidden: ForbiddenRule
-    exempt_reason: str | None = None
+    exemption: ExemptionUse | None = None
+    notes: tuple[str, ...] = ()  # a split it is part of; an exemption tag that was ignored or has expired
+
+    @property
+    def exempt_reason(self) -> str | None:
+        return self.exemption.describe() if self.exemption else None
 
     @property
     def action(self) -> str:
-        if self.exempt_reason:
+        if self.exemption:
             return "exempt"
         return "revoke" if self.forbidden.mode == REMEDIATE else "alert"
+
+
+def _group_key(rule: SgRule) -> tuple[str, str, str]:
+    return (rule.account, rule.region, rule.group_id)
 
 
 @dataclass(frozen=True)
@@ -203,37 +280,95 @@ class SgPolicy:
     exemptions: tuple[Exemption, ...] = ()
     exemption_tag: str = "opsbot:exempt-until"
     exemption_reason_tag: str = "opsbot:exempt-reason"
+    exemption_tag_max_days: int = 30
     sweep_report_only_after_rules_change: bool = True
     digest: str = ""
 
-    def candidates(self, rule: SgRule) -> list[ForbiddenRule]:
-        """Forbidden rules this rule may break, before conditions that may need the group's tags."""
-        return [f for f in self.rules if f.matches_without_condition(rule)]
+    def _offences(
+        self, rules: Sequence[SgRule], with_condition: bool
+    ) -> dict[int, list[tuple[ForbiddenRule, str | None]]]:
+        """Per rule (by position): the forbidden rules it breaks, judged group by group."""
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for i, rule in enumerate(rules):
+            groups.setdefault(_group_key(rule), []).append(i)
+        found: dict[int, list[tuple[ForbiddenRule, str | None]]] = {}
+        for members in groups.values():
+            group = [rules[i] for i in members]
+            for forbidden in self.rules:
+                for offender, note in forbidden.offenders(group, with_condition):
+                    index = members[next(k for k, r in enumerate(group) if r is offender)]
+                    found.setdefault(index, []).append((forbidden, note))
+        return found
 
-    def tag_exemption(self, tags: Mapping[str, str], today: date) -> str | None:
+    def may_offend(self, rules: Sequence[SgRule]) -> set[str]:
+        """Groups where something may break the policy, whatever their tags say (``when`` conditions can
+        only narrow a match): only their tags need reading."""
+        return {rules[i].group_id for i in self._offences(rules, with_condition=False)}
+
+    def needs_group_view(self, rules: Sequence[SgRule]) -> bool:
+        """Whether these rules could take part in a split with the rest of their group: a CIDR on a port a
+        CIDR rule forbids that is not forbidden on its own. Then the group's other rules must be read."""
+        for rule in rules:
+            for forbidden in self.rules:
+                if (
+                    forbidden.needs_cidr
+                    and forbidden.in_scope(rule)
+                    and rule.cidr is not None
+                    and not forbidden.offenders([rule], with_condition=False)
+                ):
+                    return True
+        return False
+
+    def tag_exemption(self, tags: Mapping[str, str], today: date) -> tuple[ExemptionUse | None, str | None]:
+        """The group tag's exemption if it is honoured; else why not (None when there is no tag)."""
         raw = tags.get(self.exemption_tag)
         if not raw:
-            return None
+            return None, None
+        shown = f"{self.exemption_tag}={raw[:40]}"
         try:
             until = parse_time(raw).date() if "T" in raw else date.fromisoformat(raw)
         except ValueError:
-            return None  # an unreadable date protects nothing; the finding says so via the tags it shows
+            return None, f"exemption tag ignored: {shown} is not a date"
+        reason = (tags.get(self.exemption_reason_tag) or "").strip()
         if today > until:
-            return None
-        return f"{self.exemption_tag}={raw}: {tags.get(self.exemption_reason_tag, 'no reason given')}"
+            return None, f"exemption expired on {until} ({shown}: {reason or 'no reason'})"
+        if not reason:
+            return None, f"exemption tag ignored: {shown} has no {self.exemption_reason_tag} tag giving the reason"
+        horizon = today + timedelta(days=self.exemption_tag_max_days)
+        if until > horizon:
+            return None, (
+                f"exemption tag ignored: {shown} is more than {self.exemption_tag_max_days} days ahead; "
+                "longer exemptions belong in rules/security_groups.yaml, where they are reviewed"
+            )
+        return ExemptionUse(f"tag:{until}", shown, reason[:200], until), None
+
+    def _exemption(self, rule: SgRule, forbidden: ForbiddenRule, today: date) -> tuple[ExemptionUse | None, list[str]]:
+        notes: list[str] = []
+        for exemption in self.exemptions:
+            if exemption.applies(rule, forbidden):
+                if exemption.until is None or today <= exemption.until:
+                    source = "rules/security_groups.yaml"
+                    return ExemptionUse(exemption.ident, source, exemption.reason, exemption.until), notes
+                notes.append(f"exemption expired on {exemption.until} (rules/security_groups.yaml: {exemption.reason})")
+        tagged, why_not = self.tag_exemption(rule.group_tags, today)
+        return tagged, notes + ([why_not] if why_not else [])
+
+    def evaluate_all(self, rules: Sequence[SgRule], today: date) -> list[Verdict]:
+        """Verdicts for the rules that break the policy, judging each group's rules together. For each
+        rule the strictest forbidden rule it breaks (remediate beats alert-only), then its exemption."""
+        verdicts = []
+        for index, hits in sorted(self._offences(rules, with_condition=True).items()):
+            rule = rules[index]
+            forbidden, _ = next((h for h in hits if h[0].mode == REMEDIATE), hits[0])
+            splits = tuple(dict.fromkeys(note for f, note in hits if note and f is forbidden))
+            exemption, notes = self._exemption(rule, forbidden, today)
+            verdicts.append(Verdict(rule, forbidden, exemption, splits + tuple(notes)))
+        return verdicts
 
     def evaluate(self, rule: SgRule, today: date) -> Verdict | None:
-        """The strictest forbidden rule this rule breaks (remediate beats alert-only), or None."""
-        matched = [f for f in self.rules if f.matches(rule)]
-        if not matched:
-            return None
-        forbidden = next((f for f in matched if f.mode == REMEDIATE), matched[0])
-        for exemption in self.exemptions:
-            if exemption.covers(rule, forbidden, today):
-                return Verdict(rule, forbidden, f"exemption: {exemption.reason}")
-        if reason := self.tag_exemption(rule.group_tags, today):
-            return Verdict(rule, forbidden, reason)
-        return Verdict(rule, forbidden)
+        """One rule judged alone (its group's other rules unknown)."""
+        verdicts = self.evaluate_all([rule], today)
+        return verdicts[0] if verdicts else None
 
 
 def _port_ranges(items: list[int | str]) -> tuple[tuple[int, int], ...]:
@@ -313,6 +448,7 @@ def policy_from_document(doc: LoadedDocument, text: str) -> SgPolicy:
         exemptions=exemptions,
         exemption_tag=settings.get("exemption_tag", "opsbot:exempt-until"),
         exemption_reason_tag=settings.get("exemption_reason_tag", "opsbot:exempt-reason"),
+        exemption_tag_max_days=settings.get("exemption_tag_max_days", 30),
         sweep_report_only_after_rules_change=settings.get("sweep_report_only_after_rules_change", True),
         digest=hashlib.sha256(text.encode()).hexdigest()[:16],
     )

@@ -31,7 +31,15 @@ from automations.core.intake import report_unreadable
 from automations.core.ledger import CONDITION_FAILED, Ledger
 from automations.core.notify import Alert, Notifier
 from automations.core.outbox import Outbox
-from automations.security_groups.enforcement import RUNBOOK, Outcome, RuleClaims, describe_rules, enforce, judge
+from automations.security_groups.enforcement import (
+    RUNBOOK,
+    Outcome,
+    RuleClaims,
+    describe_rules,
+    enforce,
+    judge,
+    outcome_line,
+)
 from automations.security_groups.events import Actor, Envelope, Ignored, SgChange, parse_event
 from automations.security_groups.policy import SgPolicy, SgRule
 
@@ -89,7 +97,7 @@ class Remediation:
 
     @property
     def to_notify(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.result in ("revoked", "alerted", "failed")]
+        return [o for o in self.outcomes if o.to_announce]
 
 
 def _group_id_by_name(ec2: Any, name: str) -> str | None:
@@ -147,6 +155,14 @@ def remediate(
         return result
     ec2 = broker.client(env.account, env.region, "ec2")
     rules, result.read_groups = rules_to_judge(ec2, change)
+    if result.read_groups is None and policy.needs_group_view(rules):
+        # A range that is harmless alone may complete a split with the group's other rules (the world in
+        # two halves, in this call or an earlier one): judge the group's rules together.
+        seen = {r.rule_id for r in rules}
+        group_filter = [{"Name": "group-id", "Values": sorted({r.group_id for r in rules})}]
+        rules += [
+            r for r in describe_rules(ec2, env.account, env.region, Filters=group_filter) if r.rule_id not in seen
+        ]
     now = clock()
     once = broker.client(env.account, env.region, "ec2", retries=False)  # revokes: opsbot retries, after looking
     verdicts = judge(ec2, policy, rules, now.date())
@@ -197,6 +213,8 @@ def remediation_record(rem: Remediation, now: datetime) -> dict[str, Any]:
                     "policy_rule": o.verdict.forbidden.name,
                     "mode": o.verdict.forbidden.mode,
                     "exempt_reason": o.verdict.exempt_reason,
+                    "first_use": o.first_use or None,
+                    "notes": list(o.verdict.notes) or None,
                     "rule_before": {k: v for k, v in o.verdict.rule.as_dict().items() if v not in (None, {})},
                 },
             }
@@ -210,14 +228,16 @@ def remediation_alert(rem: Remediation, run_id: str, latency: float) -> Alert:
     failed = [o for o in rem.outcomes if o.result == "failed"]
     group_ids = sorted({o.verdict.rule.group_id for o in rem.to_notify})
     if failed:
-        severity, verb = "critical", "could NOT be revoked"
+        severity, title = "critical", "Forbidden security-group rule could NOT be revoked"
     elif revoked:
-        severity, verb = "warning", "revoked"
+        severity, title = "warning", "Forbidden security-group rule revoked"
+    elif any(o.result == "alerted" for o in rem.outcomes):
+        severity, title = "warning", "Forbidden security-group rule found (alert-only)"
     else:
-        severity, verb = "warning", "found (alert-only)"
+        severity, title = "warning", "Security-group exemption used for the first time"
     return Alert(
         kind="sg-remediation",
-        title=f"Forbidden security-group rule {verb}",
+        title=title,
         severity=severity,
         summary=(
             f"{rem.event_name} by `{rem.actor.arn}` on {', '.join(group_ids)} in {rem.account}/{rem.region}; "
@@ -231,11 +251,7 @@ def remediation_alert(rem: Remediation, run_id: str, latency: float) -> Alert:
             ("User agent", (rem.actor.user_agent or "-")[:120]),
             ("Event", rem.event_id),
         ],
-        details=[
-            f"{o.result}: {o.verdict.rule.rule_id} {o.verdict.rule.summary()} "
-            f"(rule {o.verdict.forbidden.name}){f' — {o.error}' if o.error else ''}"
-            for o in rem.to_notify
-        ],
+        details=[outcome_line(o) for o in rem.to_notify],
         context=f"`opsbot runs show {run_id}` · restore or exempt: {RUNBOOK}",
     )
 

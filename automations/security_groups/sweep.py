@@ -11,7 +11,7 @@ from automations.core.kinds import TASK_KINDS, KindEnv, TaskDefinition, TaskKind
 from automations.core.ledger import Action
 from automations.core.notify import Alert
 from automations.core.runs import MAX_LISTED
-from automations.security_groups.enforcement import RUNBOOK, RuleClaims, describe_rules, enforce, judge
+from automations.security_groups.enforcement import RUNBOOK, RuleClaims, describe_rules, enforce, judge, outcome_line
 from automations.security_groups.policy import POLICY_FILE
 
 REPORTED = ("revoked", "would-revoke", "alerted", "failed")  # action outcomes listed in the announcement
@@ -22,7 +22,7 @@ class SecurityGroupSweep(TaskKind[None]):
     name = "security-group-sweep"
     summary = "Every security group in every account/region against rules/security_groups.yaml."
     runbook = RUNBOOK
-    noteworthy = ("revoked", "would_revoke", "alerted", "failed")
+    noteworthy = ("revoked", "would_revoke", "alerted", "failed", "exempt_first_use")
     member_actions = frozenset(
         {
             "ec2:DescribeSecurityGroupRules",
@@ -63,6 +63,8 @@ class SecurityGroupSweep(TaskKind[None]):
             once=ctx.client("ec2", retries=False),
         ):
             outcome.counts[o.result.replace("-", "_")] += 1
+            if o.first_use:
+                outcome.counts["exempt_first_use"] += 1
             rule = o.verdict.rule
             ctx.record(
                 Action(
@@ -77,6 +79,9 @@ class SecurityGroupSweep(TaskKind[None]):
                         "policy_rule": o.verdict.forbidden.name,
                         "rule": rule.summary(),
                         "exempt_reason": o.verdict.exempt_reason,
+                        "first_use": o.first_use or None,
+                        "notes": list(o.verdict.notes) or None,
+                        "line": outcome_line(o),
                     },
                 )
             )
@@ -88,10 +93,9 @@ class SecurityGroupSweep(TaskKind[None]):
         counts = run.get("counts", {})
         units = run.get("units", {})
         findings = [
-            f"{a['outcome']}: {a['account']}/{a['region']} {a['detail']['group_id']} {a['resource']} "
-            f"{a['detail']['rule']} (rule {a['detail']['policy_rule']})"
+            f"{a['account']}/{a['region']} {a['detail']['group_id']}: {a['detail']['line']}"
             for a in env.ledger.actions(run["run_id"])
-            if a["outcome"] in REPORTED
+            if a["outcome"] in REPORTED or a["detail"].get("first_use")
         ][:MAX_LISTED]
         return Alert(
             kind="sg-sweep",
@@ -107,7 +111,7 @@ class SecurityGroupSweep(TaskKind[None]):
                 ("Revoked", str(counts.get("revoked", 0))),
                 ("Would revoke", str(counts.get("would_revoke", 0))),
                 ("Alert-only findings", str(counts.get("alerted", 0))),
-                ("Exempt", str(counts.get("exempt", 0))),
+                ("Exempt", f"{counts.get('exempt', 0)} ({counts.get('exempt_first_use', 0)} first used)"),
                 ("Failed", str(counts.get("failed", 0))),
             ],
             details=list(run.get("failures", [])) + findings,
