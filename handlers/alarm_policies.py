@@ -1,5 +1,7 @@
 """EventBridge "CloudWatch Alarm State Change" -> kill-switch policies (flip on ALARM, restore on OK).
-Idempotent on the event id; a failure raises so retries and then the dead-letter queue keep the event."""
+Idempotent on the event id; a failure raises so retries and then the dead-letter queue keep the event.
+The payload CloudWatch sends when this function is itself an alarm's action is refused the same way:
+a designed error, recorded and announced (once an hour), then the dead-letter queue."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from automations.core.boundary import InputError
 from automations.core.intake import report_unreadable
 from automations.core.outbox import Outbox
 from automations.kill_switches.policies import POLICIES_FILE, on_alarm_event, policy_alert
-from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS, Switchboard
+from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS
+from handlers._kill_switches import switchboard
 from handlers._wiring import idempotency_store, logger, notifier, runtime, tracer
 
 RUNBOOK = "docs/runbooks/kill-switch.md"
@@ -34,7 +37,7 @@ PERMISSIONS = {
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     try:
-        results = on_alarm_event(event, rt.rules.get(POLICIES_FILE), Switchboard(rt.ledger.table, rt.broker.client))
+        results = on_alarm_event(event, rt.rules.get(POLICIES_FILE), switchboard(rt))
     except InputError as exc:  # recorded, announced once an hour, then raised for the dead-letter queue
         report_unreadable("alarm event", event, exc, rt.ledger, notifier(), rt.ledger.clock(), RUNBOOK)
         raise

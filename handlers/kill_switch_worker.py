@@ -1,6 +1,7 @@
 """Does the flip/restore a Slack press asked for (queued by handlers.slack_actions) and updates the
-original message. SQS batch with Powertools' partial-failure reporting (one failing record is retried,
-then dead-lettered, alone) and Idempotency on the request: a redelivered message changes nothing."""
+original message; a flip only while its alert is still open. SQS batch with Powertools' partial-failure
+reporting (one failing record is retried, then dead-lettered, alone) and Idempotency on the request: a
+redelivered message changes nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from automations.core import iam
 from automations.core.boundary import loads
 from automations.kill_switches.slack_buttons import complete, parse_job
-from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS, Switchboard
+from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS
+from handlers._kill_switches import breach_alerts, switchboard
 from handlers._wiring import idempotency_store, logger, runtime, tracer
 
 PERMISSIONS = {
@@ -28,7 +30,7 @@ idempotency = IdempotencyConfig(event_key_jmespath="request_id")
 @idempotent_function(data_keyword_argument="job", config=idempotency, persistence_store=idempotency_store())
 def do(job: dict[str, Any]) -> dict[str, Any]:
     rt = runtime()
-    result = complete(job, Switchboard(rt.ledger.table, rt.broker.client))
+    result = complete(job, switchboard(rt), breach_alerts(rt.ledger.table))
     logger.info("kill switch", extra={"outcome": result.outcome, "target": str(result.target)})
     return {"outcome": result.outcome, "target": str(result.target)}
 

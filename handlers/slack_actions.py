@@ -1,7 +1,9 @@
 """Slack interactivity endpoint (API Gateway -> Powertools Event Handler): kill switch buttons.
 
 Parses the request, hands it to automations.kill_switches.slack_buttons.handle_request (verify, authorize,
-resolve the alert, queue for handlers.kill_switch_worker) and returns its answer within Slack's 3 s.
+resolve the alert, queue for handlers.kill_switch_worker) and returns its answer within Slack's 3 s. A
+press on an alert that is no longer open is refused here (ephemeral) and queued only so the worker can
+take the button off the message.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from automations.breach_checks.alerts import AlertBook
 from automations.core import iam
 from automations.kill_switches.slack_buttons import ONCALL_FILE, REQUEST_GRANTS, handle_request, queue_sender
-from automations.kill_switches.switchboard import Switchboard
+from handlers._kill_switches import breach_alerts, switchboard
 from handlers._wiring import logger, notifier, runtime, sqs, tracer
 
 app = APIGatewayRestResolver()
@@ -45,8 +46,8 @@ def slack_actions() -> Response[str]:
         table=rt.ledger.table,
         oncall=rt.rules.get(ONCALL_FILE),
         slack=notifier().slack,
-        lookup_alert=AlertBook(rt.ledger.table).get,
-        board=Switchboard(rt.ledger.table, rt.broker.client),
+        lookup_alert=breach_alerts(rt.ledger.table),
+        board=switchboard(rt),
     )
     logger.info("slack action answered", extra={"status": answer.status, "reason": answer.body[:200]})
     return Response(status_code=answer.status, content_type=answer.content_type, body=answer.body)

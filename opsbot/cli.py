@@ -11,9 +11,11 @@ from typing import Any
 
 from automations import catalog  # noqa: F401  (registers every kind: the CLI runs them all)
 from automations.core.clock import parse_time
+from automations.core.fleet import AccountAccessError
 from automations.core.rulebook import DEFAULT_RULES_DIR, RulebookError
 from automations.core.runs import RunError, Trigger, plan_run, run_now
 from automations.core.runtime import Runtime, Settings, build_notifier, build_runtime
+from automations.core.schedules import ScheduleError
 from automations.kill_switches.kinds import describe
 from opsbot import environment
 from opsbot.runs_view import runs_table, show_run
@@ -49,12 +51,15 @@ def _caller() -> str:
 
 # ---- run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    rt = _runtime()
     try:
-        when = parse_time(args.slot) if args.slot else datetime.now(UTC)
-    except ValueError:
+        when = parse_time(args.slot) if args.slot is not None else datetime.now(UTC)
+    except (ValueError, TypeError):
         print(f"error: --slot {args.slot!r} is not a time; give UTC like 2026-11-25T03:00Z", file=sys.stderr)
         return 2
+    if when > datetime.now(UTC):
+        print(f"error: --slot {args.slot!r} is in the future; a slot is a fire time that has come", file=sys.stderr)
+        return 2
+    rt = _runtime()
     trigger = Trigger(type="cli", principal=_caller(), event_time=when.isoformat())
     try:
         plan = plan_run(
@@ -69,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             dry_run=True if args.dry_run else None,
             rules=rt.rules,
         )
-    except RunError as exc:
+    except (RunError, ScheduleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run = run_now(plan, rt.tasks, rt.broker, rt.ledger, _notifier(rt.settings), rules=rt.rules)
@@ -96,14 +101,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 # ---- kill switches and pause --------------------------------------------------------------------
 def _switchboard(rt: Runtime, hub: bool = False) -> Any:
+    from automations.kill_switches.policies import protection_of
     from automations.kill_switches.switchboard import Switchboard
 
-    if hub:  # opsbot's own rules live in the hub: the operator's own session, no assumed role
+    if hub:  # opsbot's own rules live in the hub: the operator's own session, no fleet (opsbot pause only)
         session: Any = environment.session()
         return Switchboard(
-            rt.ledger.table, lambda account, region, service: session.client(service, region_name=region)
+            rt.ledger.table, lambda account, region, service: session.client(service, region_name=region), None
         )
-    return Switchboard(rt.ledger.table, rt.broker.client)
+    return Switchboard(rt.ledger.table, rt.broker.client, rt.fleet, protection_of(rt.rules))
 
 
 def _cli_actor() -> Any:
@@ -113,9 +119,26 @@ def _cli_actor() -> Any:
     return Actor("cli", caller, caller.rsplit("/", 1)[-1])
 
 
+def _report(results: list[Any]) -> int:
+    """Each result on one line: done on stdout, refused or failed on stderr; non-zero if any was not done."""
+    bad = [r for r in results if r.outcome in ("failed", "refused", "drifted", "stale")]
+    for r in results:
+        if r in bad:
+            print(f"error: {r.sentence()}", file=sys.stderr)
+        else:
+            print(r.sentence())
+    return 1 if bad else 0
+
+
 def cmd_killswitch(args: argparse.Namespace) -> int:
     from automations.kill_switches.switchboard import SwitchError, Target
 
+    if args.action != "status" and not args.target:
+        print("error: opsbot killswitch flip|restore TARGET", file=sys.stderr)
+        return 2
+    if args.force and args.action != "restore":
+        print("error: --force applies to restore only", file=sys.stderr)
+        return 2
     rt = _runtime()
     board = _switchboard(rt)
     if args.action == "status":
@@ -138,27 +161,31 @@ def cmd_killswitch(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    if not args.target:
-        print("error: opsbot killswitch flip|restore TARGET", file=sys.stderr)
-        return 2
     try:
         target = Target.parse(args.target, args.account, args.region)
     except SwitchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # A target outside the fleet is a typo more often than not: say so before any AWS call. A switch
+    # flipped while its account was in the fleet can still be restored.
+    outside = board.in_fleet(target.account, target.region)
+    if outside and (args.action == "flip" or not (board.state(target) or {}).get("flipped")):
+        print(f"error: {target}: {outside}; opsbot acts only in the fleet", file=sys.stderr)
+        return 2
     actor = _cli_actor()
-    result = (
-        board.flip(target, actor, reason=args.reason)
-        if args.action == "flip"
-        else board.restore(target, actor, reason=args.reason)
-    )
-    print(result.sentence())
-    return 1 if result.outcome == "failed" else 0
+    if args.action == "flip":
+        result = board.flip(target, actor, reason=args.reason)
+    else:
+        result = board.restore(target, actor, force=args.force, reason=args.reason)
+    return _report([result])
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
     from automations.kill_switches import pause as pausing
 
+    if args.force and args.command != "resume":
+        print("error: --force applies to resume only", file=sys.stderr)
+        return 2
     rt = _runtime()
     board = _switchboard(rt, hub=True)
     if args.command == "pause":
@@ -169,12 +196,10 @@ def cmd_pause(args: argparse.Namespace) -> int:
             board, session.client("events"), account, region, _cli_actor(), scheduler=session.client("scheduler")
         )
     else:
-        results = pausing.resume(board, _cli_actor())
-    for r in results:
-        print(r.sentence())
+        results = pausing.resume(board, _cli_actor(), force=args.force)
     if not results:
         print("nothing to do" if args.command == "pause" else "nothing paused by opsbot pause")
-    return 1 if any(r.outcome == "failed" for r in results) else 0
+    return _report(results)
 
 
 # ---- sweep: what the scheduled sweeper does ----------------------------------------------------------
@@ -260,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--account")
     p.add_argument("--region")
     p.add_argument("--reason", help="recorded with the switch")
+    p.add_argument(
+        "--force", action="store_true", help="restore even if the target changed since it was flipped (audited)"
+    )
     p.set_defaults(func=cmd_killswitch)
 
     for name, text in (
@@ -267,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         ("resume", "put opsbot's rules back exactly as they were before pause"),
     ):
         p = sub.add_parser(name, help=text)
-        p.set_defaults(func=cmd_pause)
+        if name == "resume":
+            p.add_argument("--force", action="store_true", help="also what was changed while paused (audited)")
+        p.set_defaults(func=cmd_pause, force=False)
 
     p = sub.add_parser("quotas", help="breach flags: `quotas check` (Lambda concurrency, service quotas) | runs")
     p.add_argument("action", choices=["check", "runs"])
@@ -300,10 +330,48 @@ def main(argv: list[str] | None = None) -> int:
     except RulebookError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except subprocess.CalledProcessError as exc:
+    except (subprocess.CalledProcessError, environment.LocalAwsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # an AWS error the commands do not handle themselves: one line, no traceback
+        if (message := aws_error(exc)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     return result
+
+
+def aws_error(exc: Exception) -> str | None:
+    """What went wrong, for an operator, when the CLI cannot reach or use AWS (None: not such an error)."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+    )
+
+    if isinstance(exc, AccountAccessError):
+        return f"the hub cannot act in {exc.account}/{exc.region}: {exc.code}: {exc.detail}"
+    if isinstance(exc, NoCredentialsError):
+        return (
+            "no AWS credentials: set AWS_PROFILE to the OperatorRole profile (docs: README, The CLI against AWS), "
+            "or start the local AWS with `opsbot local up` and `opsbot local seed`"
+        )
+    if isinstance(exc, NoRegionError):
+        return "no AWS region: set AWS_REGION (the hub's region)"
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot reach {exc.kwargs.get('endpoint_url')}: is the local AWS up (`opsbot local up`)?"
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code, operation = err.get("Code", "ClientError"), getattr(exc, "operation_name", "?")
+        hint = ""
+        if code == "ResourceNotFoundException" and operation in ("GetItem", "PutItem", "Query", "UpdateItem"):
+            hint = " (the ledger table is missing: deploy the stack, or locally run `opsbot local seed`)"
+        return f"{operation}: {code}: {err.get('Message', '')}{hint}"
+    if isinstance(exc, BotoCoreError):
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

@@ -38,11 +38,25 @@ def apply_local_environment(state: Mapping[str, object]) -> None:
     os.environ.update(local_environment(state))
 
 
+class LocalAwsError(Exception):
+    """The local AWS was started (`opsbot local up`) but is not answering, or was never seeded."""
+
+
 def activate() -> bool:
-    """Point this process at the local AWS if one is up and nothing else was asked for."""
+    """Point this process at the local AWS if one was started and nothing else was asked for. Raises
+    ``LocalAwsError`` when it was started but is down now, or is up but was not seeded: every command
+    would otherwise fail deep inside with a connection or missing-table error."""
     state = server.read_state()
     if not state or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("OPSBOT_USE_AWS"):
         return False
+    endpoint = state.get("endpoint")
+    if not endpoint or not server.is_up(str(endpoint)):
+        raise LocalAwsError(
+            f"the local AWS ({endpoint or 'no endpoint recorded'}) is not running: "
+            "run `opsbot local up`, then `opsbot local seed`"
+        )
+    if not state.get("hub_env"):
+        raise LocalAwsError(f"the local AWS at {endpoint} is up but not seeded: run `opsbot local seed`")
     apply_local_environment(state)
     print(f"(local AWS at {state['endpoint']})", file=sys.stderr)
     return True

@@ -249,22 +249,21 @@ def test_alarm_events_never_crash(wired, broker):
     account = fixture("eventbridge/cloudwatch_alarm_state_change.json")["account"]
     wired(
         fleet=f'external_id: opsbot-test\naccounts:\n  - {{id: "{account}", regions: [us-east-1]}}\n',
-        kill_switches="policies:\n  - {name: cpu, alarm: ServerCpuTooHigh, targets: ['lambda:worker'], restore_on_ok: true}\n",
+        kill_switches="policies:\n  - {name: cpu, alarm: ServerCpuTooHigh, targets: ['lambda:worker'], restore_on_ok: true}\n"
+        "  - {name: aggregated, alarm: ServiceAggregatedAlarm, targets: ['lambda:worker']}\n",
     )
-    base = fixture("eventbridge/cloudwatch_alarm_state_change.json")
-    direct = {  # CloudWatch's payload when a Lambda function is itself the alarm action: refused
-        "source": "aws.cloudwatch",
-        "alarmArn": "arn:aws:cloudwatch:us-east-1:123456789012:alarm:ServerCpuTooHigh",
-        "accountId": account,
-        "time": "2023-08-04T12:36:15.490+0000",
-        "region": "us-east-1",
-        "alarmData": {"alarmName": "ServerCpuTooHigh", "state": {"value": "ALARM"}},
+    bases = {  # the recorded shapes: a state change, a suppressed composite, a configuration change, and
+        # CloudWatch's payload when a Lambda function is itself the alarm action (refused)
+        "state-change": fixture("eventbridge/cloudwatch_alarm_state_change.json"),
+        "suppressed": fixture("eventbridge/cloudwatch_composite_alarm_actions_suppressed.json"),
+        "configuration": fixture("eventbridge/cloudwatch_alarm_configuration_change.json"),
+        "direct": fixture("lambda/cloudwatch_alarm_action_payload.json"),
     }
     counts: Counter[str] = Counter()
 
-    @given(data=st.data(), which=st.sampled_from(["state-change", "direct"]))
+    @given(data=st.data(), which=st.sampled_from(sorted(bases)))
     def check(data: st.DataObject, which: str) -> None:
-        event, _ = data.draw(mutated(copy.deepcopy(base if which == "state-change" else direct)))
+        event, _ = data.draw(mutated(copy.deepcopy(bases[which])))
         if isinstance(event, dict):
             event["id"] = str(uuid.uuid4())
         try:

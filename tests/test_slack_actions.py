@@ -149,3 +149,77 @@ def test_a_redelivered_job_changes_nothing_and_updates_the_message_once(endpoint
     run_worker(endpoint)
     assert reserved(endpoint) == 0
     assert len([c for c in endpoint["slack"].calls if c["method"] == "response_url"]) == 1
+
+
+# ---- only OPEN alerts: a stale button is refused and taken off the message ----------------------------
+def resolve_alert(ledger) -> None:
+    """The next check finds orders-consumer back at 10%: the alert resolves (the breach checks' own lifecycle)."""
+    book = AlertBook(ledger.table)
+    key = function_key("orders-consumer")
+    reading = Measurement(
+        check="lambda-concurrency",
+        key=key,
+        name="Lambda function orders-consumer concurrency",
+        service="lambda",
+        usage=1,
+        limit=10,
+        target={"function_name": "orders-consumer", "account": ACCOUNT_A, "region": REGION},
+    )
+    transition = book.observe(ACCOUNT_A, REGION, reading, Thresholds(), book.state(ACCOUNT_A, REGION, key))
+    assert transition is not None and transition.event == "resolved"
+
+
+def message_update(endpoint) -> dict:
+    (update,) = [c for c in endpoint["slack"].calls if c["method"] == "response_url"]
+    return update["payload"]
+
+
+def test_kill_switch_on_a_resolved_alert_is_refused_and_the_button_taken_off(endpoint, ledger):
+    resolve_alert(ledger)
+    body = press_body(endpoint, FLIP, ONCALL_USER)
+    response = post(endpoint, body, signed(body))
+    answer = json.loads(response["body"])
+    assert response["statusCode"] == 200 and answer["response_type"] == "ephemeral"
+    assert f"alert {endpoint['alert_id']} is RESOLVED since" in answer["text"] and "stale" in answer["text"]
+    (job,) = run_worker(endpoint)  # queued only to rewrite the message
+    assert "RESOLVED" in job["refused"]
+    assert reserved(endpoint) is None  # nothing flipped
+    update = message_update(endpoint)
+    assert update["replace_original"] is True
+    assert not [b for b in update["blocks"] if b["type"] == "actions"]  # no button left to press
+    assert "refused" in json.dumps(update["blocks"]) and "stale" in json.dumps(update["blocks"])
+
+
+def test_restore_still_works_after_the_alert_resolved(endpoint, ledger):
+    body = press_body(endpoint, FLIP, ONCALL_USER)
+    post(endpoint, body, signed(body))
+    run_worker(endpoint)
+    assert reserved(endpoint) == 0
+    resolve_alert(ledger)
+    body = press_body(endpoint, RESTORE, ONCALL_USER)
+    response = post(endpoint, body, signed(body))
+    assert response["statusCode"] == 200 and response["body"] == ""  # accepted, not refused
+    run_worker(endpoint)
+    assert reserved(endpoint) is None
+
+
+def test_a_flip_whose_alert_resolved_while_queued_is_refused_by_the_worker(endpoint, ledger):
+    body = press_body(endpoint, FLIP, ONCALL_USER)
+    assert post(endpoint, body, signed(body))["statusCode"] == 200  # the alert was open when pressed
+    resolve_alert(ledger)
+    run_worker(endpoint)
+    assert reserved(endpoint) is None
+    update = message_update(endpoint)
+    assert not [b for b in update["blocks"] if b["type"] == "actions"] and "RESOLVED" in update["text"]
+
+
+def test_a_protected_function_is_not_flipped_from_slack(endpoint):
+    lam = endpoint["lam"]
+    arn = lam.get_function(FunctionName="orders-consumer")["Configuration"]["FunctionArn"]
+    lam.tag_resource(Resource=arn, Tags={"opsbot:protected": "payments core"})
+    body = press_body(endpoint, FLIP, ONCALL_USER)
+    post(endpoint, body, signed(body))
+    run_worker(endpoint)
+    assert reserved(endpoint) is None
+    update = message_update(endpoint)
+    assert "refused: protected" in update["text"] and not [b for b in update["blocks"] if b["type"] == "actions"]

@@ -1,5 +1,11 @@
 """Pause opsbot itself: disable its own EventBridge rules and Scheduler schedules in the hub, with their
-previous states recorded as kill switches, and resume exactly those states later."""
+previous states recorded as kill switches, and resume exactly those states later.
+
+Pausing is the one exception to protected targets: opsbot's own rules and schedules are never flipped
+by a button, a policy or `opsbot killswitch`, but `opsbot pause` stops exactly those, on purpose
+(``pausing_opsbot=True``; the switchboard refuses it for anything that is not opsbot's own). Resume is
+a restore like any other: exact (a rule that matched all CloudTrail management events does again), and
+refused for a rule or schedule changed while paused (a redeploy re-enabled it) unless forced."""
 
 from __future__ import annotations
 
@@ -44,13 +50,13 @@ def pause(
     targets = [Target("rule", name, account, region) for name in own_rules(events)]
     if scheduler is not None:
         targets += [Target("schedule", name, account, region) for name in own_schedules(scheduler)]
-    return [board.flip(target, actor, group=GROUP) for target in targets]
+    return [board.flip(target, actor, pausing_opsbot=True, group=GROUP) for target in targets]
 
 
-def resume(board: Switchboard, actor: Actor) -> list[Result]:
-    """Put back exactly what `pause` recorded."""
+def resume(board: Switchboard, actor: Actor, force: bool = False) -> list[Result]:
+    """Put back exactly what `pause` recorded (``force``: also what was changed while paused)."""
     return [
-        board.restore(Target(**item["target"]), actor, group=GROUP)
+        board.restore(Target(**item["target"]), actor, force=force, group=GROUP)
         for item in board.flipped()
         if item.get("group") == GROUP
     ]

@@ -5,6 +5,11 @@ restores and updates the original message through ``response_url``. A request is
 reason and no change, when its signature is wrong, its timestamp is over 5 minutes old, it was seen
 before (replay), the user is not on call, or its alert id names no stored alert. The button carries
 only an alert id: the target is whatever the stored alert (or the switch flipped for it) names.
+
+Kill switch acts only on an OPEN alert. A press on a resolved one (a stale button) is refused to the
+presser (ephemeral) and the message loses its button (the worker rewrites it with a note); the worker
+asks again before it flips, in case the alert resolved while the press was queued. Restore still finds
+the switch flipped for the alert after the alert itself has resolved.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -77,6 +82,21 @@ def load_oncall(path: str | Path, text: str | None = None) -> OnCall:
 
 
 ONCALL_FILE = RuleFile("oncall.yaml", load_oncall)
+
+
+@dataclass(frozen=True)
+class AlertFacts:
+    """What a button needs of the alert it was pressed on. The breach checks own alerts; the handler
+    adapts theirs to this (two capabilities meet only in an entry point)."""
+
+    alert_id: str
+    is_open: bool
+    status: str  # e.g. OPEN, RESOLVED
+    target: Mapping[str, Any] | None  # the function it names: function_name, account, region
+    closed_at: str | None = None
+
+
+AlertLookup = Callable[[str], AlertFacts | None]
 
 
 @dataclass(frozen=True)
@@ -217,15 +237,36 @@ def kept_blocks(blocks: Any) -> list[dict[str, Any]]:
     return kept if len(json.dumps(kept, default=str)) <= MAX_BLOCKS_BYTES else []
 
 
-def resolve(press: Press, lookup_alert: Callable[[str], Mapping[str, Any] | None], board: Switchboard) -> Target:
-    """The target the stored alert names; for Restore, the switch flipped for that alert."""
+class Stale(Exception):
+    """A press on an alert that is no longer open: refused, and the message loses its button."""
+
+    def __init__(self, target: Target, reason: str):
+        self.target, self.reason = target, reason
+        super().__init__(reason)
+
+
+def alert_target(alert: AlertFacts | None, alert_id: str) -> Target:
+    target = (alert.target if alert else None) or {}
+    if not target.get("function_name"):
+        raise Rejected(403, f"alert {alert_id!r} is unknown, closed, or names no function: nothing done")
+    return Target("lambda", str(target["function_name"]), str(target["account"]), str(target["region"]))
+
+
+def stale_reason(alert: AlertFacts) -> str:
+    since = f" since {alert.closed_at}" if alert.closed_at else ""
+    return f"alert {alert.alert_id} is {alert.status}{since}: this button is stale and nothing was done"
+
+
+def resolve(press: Press, lookup_alert: AlertLookup, board: Switchboard) -> Target:
+    """The target the stored, still-open alert names; for Restore, the switch flipped for that alert
+    (whatever became of the alert since). Raises ``Stale`` for a press on a closed alert."""
     if press.action == "restore" and (flipped := board.target_for_alert(press.alert_id)):
         return flipped
     alert = lookup_alert(press.alert_id)
-    target = (alert or {}).get("target") or {}
-    if not target.get("function_name"):
-        raise Rejected(403, f"alert {press.alert_id!r} is unknown, closed, or names no function: nothing done")
-    return Target("lambda", str(target["function_name"]), str(target["account"]), str(target["region"]))
+    target = alert_target(alert, press.alert_id)
+    if alert is not None and not alert.is_open:
+        raise Stale(target, stale_reason(alert))
+    return target
 
 
 def accept(
@@ -236,23 +277,29 @@ def accept(
     table: Any,
     oncall: OnCall,
     slack: WebClient | None,
-    lookup_alert: Callable[[str], Mapping[str, Any] | None],
+    lookup_alert: AlertLookup,
     board: Switchboard,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Everything the endpoint checks before queueing; returns the job for the worker."""
+    """Everything the endpoint checks before queueing; returns the job for the worker (with ``refused``
+    set for a stale button: the worker only records it and rewrites the message)."""
     now = now or datetime.now(UTC)
     signature = verify(signing_secret, body, headers, now)
     remember(table, signature, now)
     press = parse(body)
     if not oncall.allows(press.user_id, slack):
         raise Rejected(403, f"<@{press.user_id}> is not on the on-call list (rules/oncall.yaml): nothing done")
-    target = resolve(press, lookup_alert, board)
+    refused = None
+    try:
+        target = resolve(press, lookup_alert, board)
+    except Stale as exc:
+        target, refused = exc.target, exc.reason
     return {
         "request_id": signature,  # the worker's idempotency key: one press, one flip, one message update
         "press": asdict(press),
         "target": asdict(target),
         "accepted_at": now.isoformat(),
+        **({"refused": refused} if refused else {}),
     }
 
 
@@ -280,7 +327,9 @@ def handle_request(
         job = accept(decode_body(body, base64_encoded), headers if isinstance(headers, Mapping) else {}, **checks)
     except Rejected as exc:
         return Answer.ephemeral(exc.reason) if exc.status == 403 else Answer(exc.status, exc.reason)
-    enqueue(job)
+    enqueue(job)  # a stale press too: the worker takes the button off the message
+    if refused := job.get("refused"):
+        return Answer.ephemeral(f"{refused}. The message is being updated.")
     return Answer(200)
 
 
@@ -291,6 +340,7 @@ class Job:
     request_id: str
     press: Press
     target: Target
+    refused: str | None = None  # a stale button: record it, rewrite the message, change nothing
 
 
 def parse_job(data: Any) -> Job:
@@ -307,6 +357,7 @@ def parse_job(data: Any) -> Job:
         raise InputError(source, "target.kind", f"not a kill-switch kind: {kind[:20]!r}")
     blocks = press.get("blocks")
     url, name = press.get("response_url"), press.get("user_name")
+    refused = job.get("refused")
     return Job(
         request_id=text(job.get("request_id"), source, "request_id"),
         press=Press(
@@ -323,12 +374,21 @@ def parse_job(data: Any) -> Job:
             account=text(target.get("account"), source, "target.account", pattern=ACCOUNT_ID),
             region=text(target.get("region"), source, "target.region", pattern=REGION),
         ),
+        refused=None if refused is None else text(refused, source, "refused")[:500],
     )
 
 
-def complete(data: Mapping[str, Any], board: Switchboard, now: datetime | None = None) -> Result:
-    """The worker's job: flip or restore, then replace the original message with who did what."""
+def complete(
+    data: Mapping[str, Any], board: Switchboard, lookup_alert: AlertLookup, now: datetime | None = None
+) -> Result:
+    """The worker's job: flip or restore, then replace the original message with who did what. A flip is
+    asked again whether its alert is still open: it may have resolved while the press was queued."""
     job = parse_job(data)
+    if job.refused is None and job.press.action == "flip":
+        alert = lookup_alert(job.press.alert_id)
+        if alert is None or not alert.is_open:
+            gone = f"alert {job.press.alert_id} is no longer open: this button is stale and nothing was done"
+            job = replace(job, refused=stale_reason(alert) if alert else gone)
     result = perform(job, board)
     press = job.press
     if press.response_url:
@@ -347,17 +407,22 @@ def complete(data: Mapping[str, Any], board: Switchboard, now: datetime | None =
 def perform(job: Job, board: Switchboard) -> Result:
     press, target = job.press, job.target
     actor = Actor("slack", press.user_id, press.user_name)
+    if job.refused is not None:
+        return board.decline(target, actor, press.action, "refused", job.refused, alert_id=press.alert_id)
     if press.action == "flip":
         return board.flip(target, actor, alert_id=press.alert_id)
     return board.restore(target, actor, alert_id=press.alert_id)
 
 
 def updated_blocks(press: Press, result: Result, now: datetime) -> list[dict[str, Any]]:
-    """The original alert, its buttons replaced by who did what, and the next button."""
+    """The original alert, its buttons replaced by who did what, and the next button (none after a
+    refusal: a stale or protected target's button would only be refused again)."""
     kept = [b for b in press.blocks if b.get("type") != "actions" and b.get("block_id") != "opsbot-killswitch-log"]
     note = f"<@{press.user_id}> pressed *{press.action}* at {now:%Y-%m-%d %H:%M:%S}Z: {result.sentence()}"
     kept.append(ContextBlock(block_id="opsbot-killswitch-log", elements=[MarkdownTextObject(text=note)]).to_dict())
-    switch_on = (result.outcome in ("flipped", "already-flipped")) or (
+    if result.outcome == "refused":
+        return kept
+    switch_on = (result.outcome in ("flipped", "already-flipped", "drifted")) or (
         result.outcome == "failed" and press.action == "restore"
     )
     value = json.dumps({"alert_id": press.alert_id})

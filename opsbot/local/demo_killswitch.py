@@ -23,6 +23,7 @@ from automations.breach_checks.rules import Thresholds
 from automations.core.notify import Notifier
 from automations.core.runtime import Runtime
 from automations.kill_switches import pause as pausing
+from automations.kill_switches.policies import protection_of
 from automations.kill_switches.slack_buttons import FLIP, RESTORE
 from automations.kill_switches.switchboard import Actor, Switchboard, describe
 from opsbot.local.events import api_request, deliver_queues
@@ -120,7 +121,7 @@ def killswitch_chapter(
     told = json.loads(answer["body"])  # the refusal comes back in the response itself, to the presser only
     print(f"  not on call: {answer['statusCode']} {told['response_type']}: {told['text']}; still {reserved()}")
 
-    board = Switchboard(rt.ledger.table, rt.broker.client)
+    board = Switchboard(rt.ledger.table, rt.broker.client, rt.fleet, protection_of(rt.rules))
     say("opsbot killswitch status")
     print(
         table(
@@ -145,7 +146,7 @@ def killswitch_chapter(
 
     say("opsbot pause, then opsbot resume (opsbot's own rules, previous states recorded)")
     hub: Any = boto3.Session(region_name=region)
-    hub_board = Switchboard(rt.ledger.table, lambda a, r, service: hub.client(service, region_name=r))
+    hub_board = Switchboard(rt.ledger.table, lambda a, r, service: hub.client(service, region_name=r), None)
     operator = Actor("cli", "opsbot-operator", "opsbot-operator")
     hub_account = hub.client("sts").get_caller_identity()["Account"]
     scheduler = hub.client("scheduler")
