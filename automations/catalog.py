@@ -11,6 +11,7 @@ from automations.breach_checks.checks import reap_check_runs
 from automations.breach_checks.kinds import CHECK_KINDS
 from automations.breach_checks.rules import QUOTAS_FILE
 from automations.core.fleet import FLEET_FILE
+from automations.core.heartbeat import HeartbeatWatch
 from automations.core.iam import Capability
 from automations.core.kinds import TASK_KINDS
 from automations.core.notify import Notifier
@@ -43,7 +44,13 @@ RULE_FILES: tuple[tuple[RuleFile[Any], bool], ...] = (
 
 
 def housekeeping(rt: Runtime, notifier: Notifier | None) -> SweepResult:
-    """The sweeper's pass (``handlers/sweeper.py``, ``opsbot sweep``): every run kind's reaper, then the outbox."""
+    """The sweeper's pass (``handlers/sweeper.py``, ``opsbot sweep``): every run kind's reaper, the member
+    heartbeats (silence and recovery announced through the outbox), then the outbox."""
+
+    def watch_heartbeats() -> list[dict[str, Any]]:
+        HeartbeatWatch(rt.ledger.table, rt.fleet, notifier, rt.ledger.clock).check()
+        return []  # it closes no run
+
     return sweep(
         rt.ledger,
         notifier,
@@ -56,6 +63,7 @@ def housekeeping(rt: Runtime, notifier: Notifier | None) -> SweepResult:
                 book=AlertBook(rt.ledger.table),
                 notifier=notifier,
             ),
+            "heartbeats": watch_heartbeats,
         },
     )
 

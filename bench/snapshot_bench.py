@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 ACCOUNTS = ("210987654321", "345678901234")
 REGIONS = ("us-east-1", "eu-west-1")
 FLEET = f"""
-role_name: OpsBotExecutionRole
+role_prefix: opsbot
 external_id: opsbot-bench
 default_regions: [{", ".join(REGIONS)}]
 accounts:
@@ -50,7 +50,7 @@ def seed(endpoint: str, volumes: int) -> None:
 
     def fill(account: str, region: str) -> None:
         creds = base.client("sts").assume_role(
-            RoleArn=f"arn:aws:iam::{account}:role/OpsBotExecutionRole", RoleSessionName="seed"
+            RoleArn=f"arn:aws:iam::{account}:role/opsbot-seed", RoleSessionName="seed"
         )["Credentials"]
         ec2 = boto3.client(
             "ec2",

@@ -10,12 +10,13 @@ from automations.breach_checks.alerts import OPEN, AlertBook
 from automations.core.runtime import Runtime
 from automations.kill_switches.policies import protection_of
 from automations.kill_switches.slack_buttons import AlertFacts, AlertLookup
-from automations.kill_switches.switchboard import Switchboard
+from automations.kill_switches.switchboard import CAPABILITY_NAME, Switchboard
 
 
 def switchboard(rt: Runtime) -> Switchboard:
     """Acts in the fleet only, never on a protected target (rules/kill_switches.yaml ``protected``)."""
-    return Switchboard(rt.ledger.table, rt.broker.client, rt.fleet, protection_of(rt.rules))
+    clients = rt.broker.for_capability(CAPABILITY_NAME).client
+    return Switchboard(rt.ledger.table, clients, rt.fleet, protection_of(rt.rules))
 
 
 def breach_alerts(table: Any) -> AlertLookup:

@@ -15,7 +15,7 @@ from automations.core.boundary import InputError
 from automations.core.intake import report_unreadable
 from automations.core.outbox import Outbox
 from automations.kill_switches.policies import POLICIES_FILE, on_alarm_event, policy_alert
-from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS
+from automations.kill_switches.switchboard import CAPABILITY_NAME, SWITCHBOARD_GRANTS
 from handlers._kill_switches import switchboard
 from handlers._wiring import idempotency_store, logger, notifier, runtime, tracer
 
@@ -27,7 +27,7 @@ PERMISSIONS = {
     | iam.IDEMPOTENCY_STORE
     | iam.NOTIFY
     | iam.READ_FLEET
-    | iam.ASSUME_MEMBER_ROLE,
+    | iam.assume_member_role(CAPABILITY_NAME),
 }
 
 

@@ -1,13 +1,20 @@
 """Step Functions steps for a breach check (Lambda concurrency, service quotas): plan -> unit -> close.
 
-EventBridge Scheduler starts BreachCheckStateMachine with ``{"check": ..., "id": <execution id>,
-"time": <scheduled time>}``. A retried or duplicated invocation of one scheduled time gets the same
-plan back (Powertools Idempotency on check + scheduled time). Units and close need no idempotency
-store: every alert change is a conditional write, so a repeated unit finds nothing new to say.
+EventBridge Scheduler starts BreachCheckStateMachine (an Express workflow, statemachines/check.asl.yaml)
+with ``{"check": ..., "id": <execution id>, "time": <scheduled time>}``. A retried or duplicated
+invocation of one scheduled time gets the same plan back (Powertools Idempotency on check + scheduled
+time). The Map hands each unit invocation a batch ``{"units": [...]}`` (many account-regions per
+invocation; a single unit is still accepted). Units and close need no idempotency store: every alert
+change is a conditional write, so a repeated unit finds nothing new to say.
+
+Logs and metrics are chosen for what they cost (docs/cost.md): one INFO line per plan; what each unit
+found is in the ledger, not the logs. EMF: per check (the one dimension), alerts opened, units that
+could not check (both alarm-worthy) and GetMetricData metrics requested (the member accounts' bill).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -15,10 +22,18 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from automations.breach_checks.alerts import ALERT_STATE_GRANTS, AlertBook
-from automations.breach_checks.checks import close_check, plan_check, run_check_unit
+from automations.breach_checks.checks import (
+    UNITS_PER_BATCH,
+    batches,
+    close_check,
+    plan_check,
+    run_check_batch,
+    run_check_unit,
+)
 from automations.breach_checks.kinds import CHECK_KINDS
 from automations.breach_checks.rules import QUOTAS_FILE, BreachRules
 from automations.core import iam
+from automations.core.boundary import InputError
 from automations.core.deadline import Deadline
 from automations.core.runs import CloseRequest, ScheduleEvent, Unit
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
@@ -32,11 +47,18 @@ PERMISSIONS = {
     | iam.OUTBOX
     | iam.NOTIFY
     | iam.READ_FLEET
-    | iam.ASSUME_MEMBER_ROLE
+    | iam.assume_member_role("breach-checks")
     | frozenset(g for kind in CHECK_KINDS for g in kind.hub_grants),
     # A planned unit with no record opens its "cannot check" alert.
     "close": iam.LEDGER_CLOSE_RUN | ALERT_STATE_GRANTS | iam.OUTBOX | iam.NOTIFY | iam.READ_FLEET,
 }
+
+
+def units_per_batch() -> int:
+    try:
+        return max(1, int(os.environ.get("OPSBOT_CHECK_UNITS_PER_INVOCATION", UNITS_PER_BATCH)))
+    except ValueError:
+        return UNITS_PER_BATCH
 
 
 def rules() -> BreachRules:
@@ -54,7 +76,8 @@ def book() -> AlertBook:
 def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     scheduled = ScheduleEvent.parse(event, "check")  # InputError: the execution fails (PlanFailed, alarmed)
-    result = plan_check(rt.ledger, rt.fleet, rules(), scheduled.job, scheduled.trigger(), scheduled.time).as_dict()
+    planned = plan_check(rt.ledger, rt.fleet, rules(), scheduled.job, scheduled.trigger(), scheduled.time)
+    result = {**planned.as_dict(), "batches": batches(planned, units_per_batch())}
     logger.info("planned check", extra={"run_id": result["run_id"], "units": len(result["units"])})
     return result
 
@@ -63,26 +86,50 @@ def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """One unit (``Unit.as_dict``), or a batch ``{"units": [...]}``: its summaries as ``{"units": [...]}``."""
     rt = runtime()
+    deadline = Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS)
+    checks, alerts, notify = rules(), book(), notifier()
+    if isinstance(event, dict) and "units" in event:
+        if not isinstance(event["units"], list):
+            raise InputError("unit batch", "units", "not a list")
+        summaries = run_check_batch(
+            [Unit.from_dict(u) for u in event["units"]],
+            rules=checks,
+            fleet=rt.fleet,
+            broker=rt.broker,
+            ledger=rt.ledger,
+            book=alerts,
+            notifier=notify,
+            deadline=deadline,
+        )
+        _emit(summaries)
+        return {"units": summaries}
     summary = run_check_unit(
         Unit.from_dict(event),
-        rules=rules(),
+        rules=checks,
         fleet=rt.fleet,
         broker=rt.broker,
         ledger=rt.ledger,
-        book=book(),
-        notifier=notifier(),
-        deadline=Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS),
+        book=alerts,
+        notifier=notify,
+        deadline=deadline,
     )
-    counts = summary["counts"]
-    metrics.add_dimension(name="Check", value=summary["check"])
-    for event_name in ("opened", "escalated", "reminder", "resolved"):
-        metrics.add_metric(
-            name=f"BreachAlerts{event_name.title()}", unit=MetricUnit.Count, value=counts.get(event_name, 0)
-        )
-    metrics.add_metric(name="BreachChecksFailed", unit=MetricUnit.Count, value=int(summary["status"] == "FAILED"))
-    metrics.add_metric(name="GetMetricDataCalls", unit=MetricUnit.Count, value=summary["metric_calls"])
+    _emit([summary])
     return summary
+
+
+def _emit(summaries: list[dict[str, Any]]) -> None:
+    """Per check: alerts opened, units that could not check, GetMetricData metrics requested."""
+    if not summaries:
+        return
+    metrics.add_dimension(name="Check", value=summaries[0]["check"])
+    opened = sum(s["counts"].get("opened", 0) for s in summaries)
+    metrics.add_metric(name="BreachAlertsOpened", unit=MetricUnit.Count, value=opened)
+    failed = sum(int(s["status"] == "FAILED") for s in summaries)
+    metrics.add_metric(name="BreachChecksFailed", unit=MetricUnit.Count, value=failed)
+    requested = sum(int(s.get("metrics") or 0) for s in summaries)
+    metrics.add_metric(name="GetMetricDataMetrics", unit=MetricUnit.Count, value=requested)
 
 
 @logger.inject_lambda_context

@@ -15,12 +15,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from automations.core import iam
 from automations.core.boundary import loads
 from automations.kill_switches.slack_buttons import complete, parse_job
-from automations.kill_switches.switchboard import SWITCHBOARD_GRANTS
+from automations.kill_switches.switchboard import CAPABILITY_NAME, SWITCHBOARD_GRANTS
 from handlers._kill_switches import breach_alerts, switchboard
 from handlers._wiring import idempotency_store, logger, runtime, tracer
 
 PERMISSIONS = {
-    "handler": SWITCHBOARD_GRANTS | iam.IDEMPOTENCY_STORE | iam.READ_FLEET | iam.ASSUME_MEMBER_ROLE,
+    "handler": SWITCHBOARD_GRANTS | iam.IDEMPOTENCY_STORE | iam.READ_FLEET | iam.assume_member_role(CAPABILITY_NAME),
 }
 
 processor = BatchProcessor(event_type=EventType.SQS)

@@ -37,7 +37,7 @@ PERMISSIONS = {
     | FINDINGS_GRANTS
     | iam.IDEMPOTENCY_STORE
     | iam.READ_FLEET
-    | iam.ASSUME_MEMBER_ROLE
+    | iam.assume_member_role("snapshots", "security-groups")
     | _KIND_GRANTS,
     "close": iam.LEDGER_CLOSE_RUN | iam.SLOT_LOCK | iam.OUTBOX | iam.NOTIFY | iam.READ_FLEET,
 }

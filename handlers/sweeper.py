@@ -1,5 +1,6 @@
-"""Every few minutes: close runs left RUNNING past their deadline (a dead execution or CLI process) and
-deliver announcements the outbox still holds. Metrics: runs reaped, announcements delivered and still
+"""Every few minutes: close runs left RUNNING past their deadline (a dead execution or CLI process), alert
+on member regions whose heartbeat went silent (and on their recovery), and deliver announcements the
+outbox still holds. Metrics: runs reaped, announcements delivered and still
 undelivered (alarmed in template.yaml)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from automations.breach_checks.alerts import ALERT_STATE_GRANTS
 from automations.catalog import housekeeping
 from automations.core import iam
+from automations.core.heartbeat import WATCH_GRANTS as HEARTBEAT_WATCH_GRANTS
 from handlers._wiring import logger, metrics, notifier, runtime, tracer
 
 PERMISSIONS = {
@@ -20,6 +22,7 @@ PERMISSIONS = {
     | iam.OUTBOX
     | iam.PENDING_LIST
     | ALERT_STATE_GRANTS
+    | HEARTBEAT_WATCH_GRANTS
     | iam.NOTIFY
     | iam.READ_FLEET,
 }

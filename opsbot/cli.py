@@ -20,7 +20,7 @@ from automations.kill_switches.kinds import describe
 from opsbot import environment
 from opsbot.runs_view import runs_table, show_run
 from opsbot.tables import table
-from opsbot.validation import cmd_validate
+from opsbot.validation import cmd_check_package, cmd_validate
 
 
 # ---- runtime -------------------------------------------------------------------------------
@@ -102,14 +102,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
 # ---- kill switches and pause --------------------------------------------------------------------
 def _switchboard(rt: Runtime, hub: bool = False) -> Any:
     from automations.kill_switches.policies import protection_of
-    from automations.kill_switches.switchboard import Switchboard
+    from automations.kill_switches.switchboard import CAPABILITY_NAME, Switchboard
 
     if hub:  # opsbot's own rules live in the hub: the operator's own session, no fleet (opsbot pause only)
         session: Any = environment.session()
         return Switchboard(
             rt.ledger.table, lambda account, region, service: session.client(service, region_name=region), None
         )
-    return Switchboard(rt.ledger.table, rt.broker.client, rt.fleet, protection_of(rt.rules))
+    clients = rt.broker.for_capability(CAPABILITY_NAME).client
+    return Switchboard(rt.ledger.table, clients, rt.fleet, protection_of(rt.rules))
 
 
 def _cli_actor() -> Any:
@@ -133,6 +134,8 @@ def _report(results: list[Any]) -> int:
 def cmd_killswitch(args: argparse.Namespace) -> int:
     from automations.kill_switches.switchboard import SwitchError, Target
 
+    if args.action == "alarms":
+        return print_policy_alarms(args.rules)
     if args.action != "status" and not args.target:
         print("error: opsbot killswitch flip|restore TARGET", file=sys.stderr)
         return 2
@@ -178,6 +181,19 @@ def cmd_killswitch(args: argparse.Namespace) -> int:
     else:
         result = board.restore(target, actor, force=args.force, reason=args.reason)
     return _report([result])
+
+
+def print_policy_alarms(rules: str) -> int:
+    """The alarms the kill-switch policies name, as template-member.yaml's KillSwitchAlarmNames wants them
+    (members forward only these alarms' state changes; "-" when there is none)."""
+    from pathlib import Path
+
+    from automations.kill_switches.policies import POLICIES_FILE
+
+    path = Path(rules) / POLICIES_FILE.name
+    names = sorted({p.alarm for p in POLICIES_FILE.load(path).policies}) if path.exists() else []
+    print(",".join(names) or "-")
+    return 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -265,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", default=str(DEFAULT_RULES_DIR))
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("check-package", help="a staged Lambda package: valid rules and no demo ids (make package)")
+    p.add_argument("package", help="the staged package directory, e.g. build/lambda")
+    p.set_defaults(func=cmd_check_package)
+
     p = sub.add_parser("run", help="run a task now (for the current slot, or --slot)")
     p.add_argument("task")
     p.add_argument("--account", action="append", help="limit to this account (repeatable)")
@@ -279,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("killswitch", help="flip | restore | status of kill switches")
-    p.add_argument("action", choices=["flip", "restore", "status"])
+    p = sub.add_parser(
+        "killswitch", help="flip | restore | status of kill switches; alarms: the member stacks' KillSwitchAlarmNames"
+    )
+    p.add_argument("action", choices=["flip", "restore", "status", "alarms"])
     p.add_argument("target", nargs="?", help="lambda:NAME, rule:NAME, esm:UUID, or an ARN")
+    p.add_argument("--rules", default=os.environ.get("OPSBOT_RULES_DIR", str(DEFAULT_RULES_DIR)))
     p.add_argument("--account")
     p.add_argument("--region")
     p.add_argument("--reason", help="recorded with the switch")

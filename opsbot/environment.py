@@ -3,6 +3,7 @@ credential chain. Either way only standard settings (AWS_ENDPOINT_URL, credentia
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ import boto3
 from opsbot.local import server
 
 LOCAL_REGION = "us-east-1"
+FUNCTION_KEYS_ENV = "OPSBOT_LOCAL_FUNCTION_KEYS"  # handler -> its role's credentials (JSON)
 
 
 def local_environment(state: Mapping[str, object]) -> dict[str, str]:
@@ -25,15 +27,19 @@ def local_environment(state: Mapping[str, object]) -> dict[str, str]:
         "POWERTOOLS_LOG_LEVEL": "ERROR",  # handlers run in this process: keep their JSON logs quiet
         "POWERTOOLS_SERVICE_NAME": "opsbot",
     }
+    # The operator role's session (template.yaml OperatorRole), as `opsbot local seed` assumed it.
     keys = state.get("operator_keys") or server.BOOTSTRAP_CREDENTIALS
     env.update({k: str(v) for k, v in dict(keys).items()})  # type: ignore[call-overload]
+    if functions := state.get("function_keys"):
+        # Each handler the local event router delivers to runs as its own function role (events.py).
+        env[FUNCTION_KEYS_ENV] = json.dumps(functions)
     env.update({k: str(v) for k, v in dict(state.get("hub_env") or {}).items()})  # type: ignore[call-overload]
     return env
 
 
 def apply_local_environment(state: Mapping[str, object]) -> None:
     """Point this process at the local AWS as the hub operator; no stray token or profile may win."""
-    for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
+    for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", FUNCTION_KEYS_ENV):
         os.environ.pop(name, None)
     os.environ.update(local_environment(state))
 

@@ -29,7 +29,7 @@ OPERATOR = (
     | iam.PENDING_LIST
     | iam.READ_FLEET
     | iam.NOTIFY
-    | iam.ASSUME_MEMBER_ROLE
+    | iam.assume_member_role(*(c.name for c in catalog.CAPABILITIES))
     | PAUSE_GRANTS
     | KIND_GRANTS
 )

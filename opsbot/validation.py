@@ -82,3 +82,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {len(tasks)} task(s) in {rules_dir}")
     return 0
+
+
+def cmd_check_package(args: argparse.Namespace) -> int:
+    """`make package`'s last step: the staged rules are valid and hold none of the local demo's ids (its
+    fleet, external id, on-call and kill-switch policy), so the demo's configuration never ships."""
+    from opsbot.local.demo_rules import demo_ids_in
+
+    rules_dir = Path(args.package) / "rules"
+    if not rules_dir.is_dir():
+        print(f"error: {rules_dir}: no rules directory in the package", file=sys.stderr)
+        return 1
+    found = demo_ids_in(rules_dir)
+    for line in found:
+        print(line)
+    if found:
+        print(
+            f"{len(found)} demo id(s) in the package: put your own in rules/ (the demo's stay in opsbot/local/rules/)",
+            file=sys.stderr,
+        )
+        return 1
+    return cmd_validate(argparse.Namespace(rules=str(rules_dir)))

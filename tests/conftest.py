@@ -92,7 +92,9 @@ def fleet() -> Fleet:
 
 @pytest.fixture
 def broker(hub_session: boto3.Session, fleet: Fleet) -> SessionBroker:
-    return SessionBroker(hub_session, fleet)
+    # Tests look into member accounts as one capability; the code under test picks its own
+    # (``for_capability``), and tests/test_fleet.py checks which role each path assumes.
+    return SessionBroker(hub_session, fleet, capability="snapshots")
 
 
 def make_tasks(yaml_text: str) -> dict[str, TaskDefinition]:

@@ -148,6 +148,8 @@ class Sg:
 
 @pytest.fixture
 def sg(ledger, broker) -> Any:
+    # The clients remediation uses: the security-groups member role (a view shares the broker's cache).
+    broker = broker.for_capability("security-groups")
     ec2 = broker.client(ACCOUNT_A, REGION, "ec2")
     calls: list[str] = []
     # Both clients the broker hands out: the revoke goes through the one without botocore retries.

@@ -13,7 +13,7 @@ from tests.breach_support import lambda_usage, minutes_ago
 from tests.conftest import ACCOUNT_A, ACCOUNT_B, FakeLambdaContext
 
 FLEET = f"""
-role_name: OpsBotExecutionRole
+role_prefix: opsbot
 external_id: opsbot-test
 default_regions: [us-east-1, eu-west-1]
 accounts:
@@ -62,8 +62,10 @@ def test_plan_units_close_with_retries_and_duplicates(handler, broker, inbox):
     assert again["run_id"] == plan["run_id"] and len(plan["units"]) == 4
     assert [u["primary"] for u in plan["units"]] == [True, False, True, False]
 
-    first = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]
-    retried = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]  # a retried Map branch
+    # The Map's items: batches of units, one invocation each (here all four in one batch).
+    assert [len(b["units"]) for b in plan["batches"]] == [4] and plan["batches"][0]["units"] == plan["units"]
+    first = handler.unit(plan["batches"][0], FakeLambdaContext())["units"]
+    retried = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]  # one unit alone is still accepted
     assert [r["status"] for r in first + retried] == ["SUCCEEDED"] * 8
     assert sum(r["counts"].get("opened", 0) for r in first) == 1
     assert sum(r["counts"].get("opened", 0) for r in retried) == 0

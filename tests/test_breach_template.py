@@ -85,11 +85,21 @@ def test_state_machine_wiring(hub: dict[str, Any]) -> None:
     allowed = {p["LambdaInvokePolicy"]["FunctionName"]["Ref"] for p in machine["Policies"] if "LambdaInvokePolicy" in p}
     assert allowed == set(invoked.values())
     assert states["Plan"]["Parameters"]["Payload.$"] == "$"  # the schedule's {"check", "id", "time"}
-    assert states["RunUnits"]["ItemsPath"] == "$.plan.units"
+    # Express (billed per execution, not per state transition), Map items are batches of units.
+    assert machine["Type"] == "EXPRESS" and machine["DefinitionUri"] == "statemachines/check.asl.yaml"
+    assert definition["TimeoutSeconds"] <= 300  # an Express workflow lives 5 minutes at most
+    assert states["Plan"]["ResultSelector"]["batches.$"] == "$.Payload.batches"
+    assert states["RunUnits"]["ItemsPath"] == "$.plan.batches"
+    assert hub["Parameters"]["CheckUnitsPerInvocation"]["Default"] >= 1
+    plan_env = hub["Resources"]["CheckPlanFunction"]["Properties"]["Environment"]["Variables"]
+    assert plan_env["OPSBOT_CHECK_UNITS_PER_INVOCATION"] == {"Ref": "CheckUnitsPerInvocation"}
     assert states["RunUnits"]["MaxConcurrencyPath"] == "$.plan.max_concurrency"
     assert states["Close"]["Parameters"]["Payload"] == {"run_id.$": "$.plan.run_id", "error.$": "$.error"}
     (unit_catch,) = states["RunUnit"]["Catch"]
-    assert states[unit_catch["Next"]]["Parameters"]["status"] == "FAILED"  # one unit never fails the Map
+    failed = states[unit_catch["Next"]]["Parameters"]
+    assert failed["status"] == "FAILED"  # one batch never fails the Map
+    # A batch item has no $.account: a path that is not there would be a States.Runtime error.
+    assert {k for k in failed if k.endswith(".$")} == {"error.$"}
     assert not any(k.endswith(".$") for k in states["RunUnit"]["ResultSelector"])
 
 
@@ -132,10 +142,10 @@ def test_the_checks_declare_exactly_the_calls_they_make(member: dict[str, Any]) 
         "cloudwatch:GetMetricData",
     }
     assert needed == set().union(*(kind.member_actions for kind in CHECK_KINDS))
-    role = member["Resources"]["OpsBotExecutionRole"]["Properties"]
+    role = member["Resources"]["BreachChecksRole"]["Properties"]  # the read-only member role
     (policy,) = [p for p in role["Policies"] if p["PolicyName"] == "opsbot-breach-checks"]
     statements = policy["PolicyDocument"]["Statement"]
     (scoped,) = [s for s in statements if s["Resource"] != "*"]
     assert as_list(scoped["Action"]) == ["lambda:GetFunctionConcurrency"]
     assert scoped["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:lambda:*:${AWS::AccountId}:function:*"}
-    assert needed <= set(member_role_actions())  # the local fleet's roles get them too
+    assert needed <= set(member_role_actions()["breach-checks"])  # the local fleet's role gets them too

@@ -82,7 +82,7 @@ class World:
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.session.resource("dynamodb").Table(LEDGER_TABLE), clock=self.clock)
         fleet = Fleet((MemberAccount(ACCOUNT_A, "a", (REGION,)),), external_id=EXTERNAL_ID)
-        self.fleet, self.broker = fleet, SessionBroker(self.session, fleet)
+        self.fleet, self.broker = fleet, SessionBroker(self.session, fleet, capability="snapshots")
         sns, sqs = self.session.client("sns"), self.session.client("sqs")
         topic = sns.create_topic(Name="opsbot-alerts")["TopicArn"]
         self.queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]

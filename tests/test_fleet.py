@@ -27,18 +27,27 @@ def test_credentials_cached_per_account_until_near_expiry(hub_session, fleet):
     calls = []
     hub_session.events.register("provide-client-params.sts.AssumeRole", lambda params, **kw: calls.append(dict(params)))
     with freeze_time("2026-11-25 10:00:00") as clock:
-        broker = SessionBroker(hub_session, fleet, clock=lambda: datetime.now(UTC).timestamp())
+        base = SessionBroker(hub_session, fleet, clock=lambda: datetime.now(UTC).timestamp())
+        broker = base.for_capability("snapshots")
         broker.client(ACCOUNT_A, "us-east-1", "ec2")
         broker.client(ACCOUNT_A, "eu-west-1", "ec2")  # another region: same credentials
-        broker.client(ACCOUNT_A, "us-east-1", "ec2")
+        base.for_capability("snapshots").client(ACCOUNT_A, "us-east-1", "ec2")  # another view: same cache
         assert len(calls) == 1
         assert calls[0]["ExternalId"] == "opsbot-test"
-        assert calls[0]["RoleArn"] == f"arn:aws:iam::{ACCOUNT_A}:role/OpsBotExecutionRole"
+        assert calls[0]["RoleArn"] == f"arn:aws:iam::{ACCOUNT_A}:role/opsbot-snapshots"
         broker.client(ACCOUNT_B, "us-east-1", "ec2")
         assert len(calls) == 2
+        base.for_capability("breach-checks").client(ACCOUNT_A, "us-east-1", "ec2")  # another role: its own
+        assert calls[-1]["RoleArn"] == f"arn:aws:iam::{ACCOUNT_A}:role/opsbot-breach-checks"
+        assert len(calls) == 3
         clock.tick(3600 - 299)  # within the refresh margin of the one-hour credentials
         broker.client(ACCOUNT_A, "us-east-1", "ec2")
-        assert len(calls) == 3
+        assert len(calls) == 4
+
+
+def test_a_broker_without_a_capability_hands_out_nothing(hub_session, fleet):
+    with pytest.raises(RuntimeError, match="for_capability"):
+        SessionBroker(hub_session, fleet).client(ACCOUNT_A, "us-east-1", "ec2")
 
 
 def test_assumed_sessions_land_in_the_member_account(broker):

@@ -224,7 +224,7 @@ def hooked_board(ledger: Any, fleet: Any, *hooks: Any) -> Switchboard:
     session = boto3.Session(region_name=REGION)
     for hook in hooks:
         hook.install(session)  # before any client is made: every client carries it
-    return Switchboard(ledger.table, SessionBroker(session, fleet).client, fleet)
+    return Switchboard(ledger.table, SessionBroker(session, fleet, capability="kill-switches").client, fleet)
 
 
 @pytest.fixture

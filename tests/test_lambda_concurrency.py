@@ -80,9 +80,11 @@ def test_account_alert_names_the_binding_pool_and_the_busiest_functions(
     state = book.state(ACCOUNT_A, REGION, ACCOUNT_KEY)
     assert state["status"] == OPEN and state["quota_code"] == "L-B99A9384"
     (unit,) = ledger.units(run["run_id"])
-    assert unit["metric_calls"] == 1  # 3 account metrics + 5 functions in one GetMetricData call
+    # Claimed concurrency (not published here), then the account's usage, then (near the threshold) the
+    # unreserved pool and every function: 8 metrics in 3 calls.
+    assert unit["metric_calls"] == 3 and unit["metrics"] == 1 + 1 + 1 + 5
     assert unit["counts"]["functions"] == 5 and unit["counts"]["warning"] == 1
-    assert unit["counts"]["reservations_read"] == 4  # only functions that ran are asked, not all
+    assert unit["counts"]["reservations_read"] == 5  # which are reserved: read once, then kept for an hour
     assert unit["counts"]["reserved_functions"] == 1
 
 
@@ -156,6 +158,8 @@ def test_no_metric_data_at_all_means_no_concurrency(member_lambda, fleet, broker
     run = check(fleet, broker, ledger, book, inbox, datetime.now(UTC))
     assert run["status"] == "SUCCEEDED" and inbox.alerts() == []
     (unit,) = ledger.units(run["run_id"])
-    assert unit["counts"]["clear"] == 1  # the account pool at 0%; the idle function is not even asked
-    assert unit["counts"].get("reservations_read", 0) == 0
+    # The account pool at 0%, and the reserved function cleared by it (it cannot run more than the
+    # account): two account-level metrics read, the function's own metric not even asked for.
+    assert unit["counts"]["clear"] == 2 and unit["metrics"] == 2
+    assert unit["counts"]["functions_read"] == 0
     assert book.states(ACCOUNT_A, REGION) == {}

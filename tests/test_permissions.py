@@ -53,6 +53,8 @@ def resource_name(template: dict[str, Any], resource: Any) -> str:
     if resource == "*":
         return "*"
     text = json.dumps(resource)
+    if member_role := re.search(r"role/\$\{MemberRolePrefix\}-([a-z-]+)", text):
+        return f"MemberRole/{member_role[1]}"  # iam.assume_member_role(capability)
     names = set(template["Resources"]) | set(template.get("Parameters", {}))
     tokens = re.findall(r"\$\{([A-Za-z0-9]+)[.}]", text) + re.findall(r'"([A-Za-z0-9]+)"', text)
     referenced = [token for token in tokens if token in names]
@@ -157,8 +159,15 @@ def test_no_wildcard_actions_and_star_resources_only_where_the_api_takes_none(hu
 
 # ---- member accounts ------------------------------------------------------------------------------------
 def member_policies(member: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    role = member["Resources"]["OpsBotExecutionRole"]["Properties"]
-    return {p["PolicyName"]: p["PolicyDocument"]["Statement"] for p in role["Policies"]}
+    """Every member role's grants (Allow), by policy name; the kill-switch role's Deny guard is apart
+    (tests/test_templates.py)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for role in resources(member, "AWS::IAM::Role").values():
+        for p in role["Properties"].get("Policies", []):
+            allows = [s for s in p["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
+            if allows and "RoleName" in role["Properties"]:
+                found[p["PolicyName"]] = allows
+    return found
 
 
 def test_each_capability_owns_one_member_policy_with_exactly_its_actions(member: dict[str, Any]) -> None:
@@ -187,3 +196,19 @@ def test_member_actions_on_every_resource_are_read_only(member: dict[str, Any]) 
                 for action in as_list(s["Action"]):
                     verb = action.split(":")[1]
                     assert verb.startswith(("Describe", "Get", "List")), f"{name}: {action} on every resource"
+
+
+def test_each_kind_acts_as_the_member_role_that_holds_its_actions() -> None:
+    """A kind's units assume its capability's member role (``<prefix>-<capability>``): that role must hold
+    every action the kind needs, and the names used by the code must be the capabilities' names."""
+    from automations.breach_checks.checks import CAPABILITY_NAME as CHECKS
+    from automations.kill_switches.switchboard import CAPABILITY_NAME as SWITCHES
+    from automations.security_groups.remediation import CAPABILITY_NAME as SECURITY_GROUPS
+
+    by_name = {c.name: c for c in catalog.CAPABILITIES}
+    for kind in catalog.TASK_KINDS:
+        assert kind.member_actions <= by_name[kind.capability].member_actions, kind.name
+    for name, kinds in ((CHECKS, catalog.CHECK_KINDS), (SWITCHES, [k for k in catalog.SWITCH_KINDS if k.in_members])):
+        for kind in kinds:
+            assert kind.member_actions <= by_name[name].member_actions, kind.name
+    assert SECURITY_GROUPS in by_name

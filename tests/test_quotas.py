@@ -17,7 +17,7 @@ from moto.cloudwatch.models import CloudWatchBackend
 from moto.core.authorization import enable_iam_authentication
 
 from automations.breach_checks.alerts import OPEN, AlertBook
-from automations.breach_checks.checks import access_key, plan_check, run_checks_now
+from automations.breach_checks.checks import CAPABILITY_NAME, access_key, plan_check, run_checks_now
 from automations.breach_checks.service_quotas import _scale, quota_key
 from automations.core.fleet import SessionBroker
 from automations.core.ledger import Ledger
@@ -339,7 +339,7 @@ def test_a_transient_service_quotas_error_leaves_that_services_alerts_open(
             {"Error": {"Code": "TooManyRequestsException", "Message": "Rate exceeded"}}, "ListServiceQuotas"
         )
 
-    client = broker.client(ACCOUNT_A, "us-east-1", "service-quotas")
+    client = broker.for_capability(CAPABILITY_NAME).client(ACCOUNT_A, "us-east-1", "service-quotas")
     client.meta.events.register("before-call.service-quotas.ListServiceQuotas", throttled)
     try:
         run = check(fleet, broker, ledger, book, inbox, now + timedelta(minutes=5), **scope)

@@ -11,7 +11,7 @@ from tests.breach_support import minutes_ago, put_metric
 from tests.conftest import ACCOUNT_A, ACCOUNT_B
 
 FLEET = f"""
-role_name: OpsBotExecutionRole
+role_prefix: opsbot
 external_id: opsbot-test
 default_regions: [us-east-1]
 accounts:

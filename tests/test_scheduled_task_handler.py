@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ACCOUNT_A, ACCOUNT_B, FIXTURES, FakeLambdaContext
 
 FLEET = f"""
-role_name: OpsBotExecutionRole
+role_prefix: opsbot
 external_id: opsbot-test
 default_regions: [us-east-1, eu-west-1]
 accounts:

@@ -298,10 +298,14 @@ def test_egress_rule(sg):
     assert [r["FromPort"] for r in egress["SecurityGroupRules"] if r["IsEgress"]] == [-1]  # the default stays
 
 
-def test_unreachable_account_raises_for_the_dead_letter_queue(sg, hub_session):
-    broker = SessionBroker(hub_session, Fleet((MemberAccount(ACCOUNT_A, "a", (REGION,)),), role_name="Missing"))
-    broker._assume = lambda account, region: (_ for _ in ()).throw(  # type: ignore[method-assign]
-        AccountAccessError(account, region, "AccessDenied", "not authorized to perform: sts:AssumeRole")
+def test_unreachable_account_raises_for_the_dead_letter_queue(sg, hub_session, monkeypatch):
+    broker = SessionBroker(hub_session, Fleet((MemberAccount(ACCOUNT_A, "a", (REGION,)),), role_prefix="missing"))
+    monkeypatch.setattr(
+        SessionBroker,
+        "_assume",
+        lambda self, account, region, capability: (_ for _ in ()).throw(
+            AccountAccessError(account, region, "AccessDenied", "not authorized to perform: sts:AssumeRole")
+        ),
     )
     event = readdress(record("authorize_sg_ingress_modern"), ACCOUNT_A, REGION, "sg-0123456789abcdef0")
     with pytest.raises(AccountAccessError):

@@ -17,6 +17,7 @@ finds the winner's state, and sends nothing.
 
 Items (single-table, next to the runs; see automations/ledger.py):
   pk = ALERT#<account>#<region>, sk = KEY#<check key>   one Query per unit reads them all
+  pk = ALERT#<account>#<region>, sk = MEMO#<check>      what a check keeps between runs (same Query)
   gsi1pk = "ALERT", gsi1sk = <alert id>                 look an alert up by its id (by-time index)
 The alert id is stable for one episode (opened -> resolved) and new for the next. Alerts about a
 Lambda function store the function (name, ARN, account, region, reservation) under ``target``: a
@@ -25,6 +26,8 @@ kill switch acts only on the target named by the stored, still-open alert it was
 
 from __future__ import annotations
 
+import contextlib
+import json
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -192,6 +195,33 @@ class AlertBook:
             ConsistentRead=True,
         )
         return {str(item["key"]): item for item in items}
+
+    def read(self, account: str, region: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The alert items (by key) and the checks' memos (by check) of one account/region: one Query."""
+        states: dict[str, dict[str, Any]] = {}
+        memos: dict[str, dict[str, Any]] = {}
+        for item in query_all(
+            self.table, KeyConditionExpression=Key("pk").eq(self.pk(account, region)), ConsistentRead=True
+        ):
+            sk = str(item["sk"])
+            if sk.startswith("KEY#"):
+                states[str(item["key"])] = item
+            elif sk.startswith("MEMO#"):
+                with contextlib.suppress(ValueError, TypeError):
+                    memos[sk.removeprefix("MEMO#")] = json.loads(str(item.get("memo") or "{}"))
+        return states, memos
+
+    def keep_memo(self, account: str, region: str, check: str, memo: Mapping[str, Any]) -> None:
+        """What a check keeps for its next run here: one small item, one write, only when it changed."""
+        now = self.clock()
+        self.table.put_item(
+            Item={
+                "pk": self.pk(account, region),
+                "sk": f"MEMO#{check}",
+                "memo": json.dumps(memo, separators=(",", ":"), sort_keys=True),
+                "expires_at": int((now + timedelta(days=self.ttl_days)).timestamp()),
+            }
+        )
 
     def state(self, account: str, region: str, key: str) -> dict[str, Any] | None:
         item = self.table.get_item(Key={"pk": self.pk(account, region), "sk": f"KEY#{key}"}, ConsistentRead=True).get(

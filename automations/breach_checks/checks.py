@@ -17,16 +17,18 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from automations.breach_checks.alerts import OPEN, AlertBook, Level, Transition, level_of
-from automations.breach_checks.kinds import CHECK_KINDS, Measurement
+from automations.breach_checks.kinds import CHECK_KINDS, MeasureContext, Measurement
 from automations.breach_checks.messages import alert_message
 from automations.breach_checks.rules import BreachRules
 from automations.core.clock import utcnow
 from automations.core.deadline import Deadline
+from automations.core.errors import error_text
 from automations.core.fleet import Fleet, SessionBroker
 from automations.core.kinds import UnitOutcome
 from automations.core.ledger import Action, Ledger
@@ -49,6 +51,18 @@ from automations.core.runs import (
 log = logging.getLogger(__name__)
 
 CHECK_RUNS_KEY = "CHECK"  # gsi1pk of check runs in the by-time index
+# A scheduled check runs in an Express workflow (at most 5 minutes): one still RUNNING after this died,
+# and the sweeper closes it (its units with no result open their "cannot check" alerts).
+CHECK_RUN_LIFETIME = timedelta(minutes=15)
+# Many units per unit invocation (one Map item): fewer invocations and state transitions. The units of
+# a batch run on threads, since a unit mostly waits on AWS.
+UNITS_PER_BATCH = 25
+BATCH_THREADS = 8
+# A check unit's record is kept a week (everything else: the ledger's 90 days): a check runs every few
+# minutes in every account-region, and what on-call needs later (the run, each alert, and every event of
+# it, recorded as an action of the run that moved it) keeps the ledger's own time. See docs/cost.md.
+CHECK_RECORD_DAYS = 7
+CAPABILITY_NAME = "breach-checks"  # the member role checks act as: read-only (template-member.yaml)
 GONE_NOTE = (
     "No longer measured: removed from the rules, the quota or the reservation is gone, or the function "
     "is switched off (reserved concurrency 0)."
@@ -87,7 +101,18 @@ def plan_check(
         list_key=CHECK_RUNS_KEY,
         scope={"accounts": accounts, "regions": regions},
         note=None if enabled else f"{check} is disabled in rules/quotas.yaml",
+        lifetime=CHECK_RUN_LIFETIME if trigger.type == "schedule" else None,
     )
+
+
+def _record_expiry(now: datetime) -> int:
+    return int((now + timedelta(days=CHECK_RECORD_DAYS)).timestamp())
+
+
+def batches(plan: Plan, size: int = UNITS_PER_BATCH) -> list[dict[str, Any]]:
+    """The Map's items: ``{"units": [...]}`` of at most ``size`` units each."""
+    units = [asdict(u) for u in plan.units]
+    return [{"units": units[i : i + size]} for i in range(0, len(units), max(1, size))]
 
 
 @dataclass
@@ -199,12 +224,22 @@ def run_check_unit(
     states: dict[str, dict[str, Any]] = {}
 
     def work(record: Callable[[Action], None]) -> UnitOutcome:
-        clients = {s: broker.client(unit.account, unit.region, s) for s in kind.services}
-        states.update(book.states(unit.account, unit.region))
+        member = broker.for_capability(CAPABILITY_NAME)  # the read-only member role
+        clients = {s: member.client(unit.account, unit.region, s) for s in kind.services}
+        found, memos = book.read(unit.account, unit.region)
+        states.update(found)
         open_keys = frozenset(k for k, s in states.items() if s.get("status") == OPEN)
-        result = kind.measure(clients, rules.settings_of(unit.job), clock(), unit, open_keys)
+        memo = memos.get(unit.job, {})
+        context = MeasureContext(
+            memo=memo,
+            near=lambda service, code: rules.thresholds(unit.account, service, code).resolve_below,
+        )
+        result = kind.measure(clients, rules.settings_of(unit.job), clock(), unit, open_keys, context)
+        if result.memo is not None and result.memo != memo:
+            book.keep_memo(unit.account, unit.region, unit.job, result.memo)
         observe.counts.update(result.counts)
         observe.counts["metric_calls"] += result.metric_calls
+        observe.counts["metrics"] += result.metrics
         observe.record = record
         measured = set()
         for m in result.measurements:
@@ -231,7 +266,9 @@ def run_check_unit(
                 observe(_failure_measurement(unit.job, "recovered"), state, Level.CLEAR)
         extra = {
             "check": unit.job,
+            "expires_at": _record_expiry(clock()),
             "metric_calls": result.metric_calls,
+            "metrics": result.metrics,
             "unmonitored": (result.unmonitored or [])[:200],
         }
         return UnitOutcome(counts=observe.counts, problems=list(result.errors or []), extra=extra)
@@ -240,10 +277,62 @@ def run_check_unit(
         observe.record = None
         observe.report_failure(unit.job, error, states.get(access_key(unit.job)))
 
-    summary = execute_unit(unit, ledger, deadline or Deadline.never(), work, clock=clock, on_failure=failed)
+    # One write per unit: a check changes nothing in the member account and its Close runs after its
+    # own units, so the RUNNING marker (for a Close racing a duplicate execution) is not needed.
+    summary = execute_unit(
+        unit, ledger, deadline or Deadline.never(), work, clock=clock, on_failure=failed, mark_running=False
+    )
     summary.setdefault("check", unit.job)
     summary.setdefault("metric_calls", 0)
     return summary
+
+
+def run_check_batch(
+    units: list[Unit],
+    *,
+    rules: BreachRules,
+    fleet: Fleet,
+    broker: SessionBroker,
+    ledger: Ledger,
+    book: AlertBook,
+    notifier: Notifier | None,
+    deadline: Deadline | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    threads: int = BATCH_THREADS,
+) -> list[dict[str, Any]]:
+    """Many units in one invocation, on threads. Each is recorded on its own; one that raised (its last
+    ledger write failed) is returned FAILED and, having no record, counts as failed at Close."""
+
+    def one(unit: Unit) -> dict[str, Any]:
+        try:
+            return run_check_unit(
+                unit,
+                rules=rules,
+                fleet=fleet,
+                broker=broker,
+                ledger=ledger,
+                book=book,
+                notifier=notifier,
+                deadline=deadline,
+                clock=clock,
+            )
+        except Exception as exc:
+            log.exception("unit %s %s/%s raised", unit.job, unit.account, unit.region)
+            return {
+                "account": unit.account,
+                "region": unit.region,
+                "job": unit.job,
+                "check": unit.job,
+                "status": "FAILED",
+                "error": error_text(exc),
+                "counts": {},
+                "metric_calls": 0,
+            }
+
+    if not units:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(units)))) as pool:
+        return list(pool.map(one, units))
 
 
 def close_check(

@@ -11,7 +11,7 @@ Nothing a check does changes anything in a member account.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -50,6 +50,23 @@ class Measurement:
         return 100.0 * self.usage / self.limit
 
 
+def _never_near(service: str, quota_code: str | None) -> float:
+    return 0.0  # without thresholds every reading may matter: read everything
+
+
+@dataclass(frozen=True)
+class MeasureContext:
+    """What a check may use besides its clients to read less without missing a breach.
+
+    ``memo``: what this check kept for this account/region last time (``MeasureResult.memo``; empty
+    the first time). ``near(service, quota_code)``: the percent from which a reading can change an
+    alert here (the threshold's ``warn - hysteresis`` for this account): a reading known to be below it
+    is CLEAR whatever its exact value, so it need not be read exactly."""
+
+    memo: Mapping[str, Any] = field(default_factory=dict)
+    near: Callable[[str, str | None], float] = _never_near
+
+
 @dataclass
 class MeasureResult:
     """What one check measured in one account/region."""
@@ -60,6 +77,8 @@ class MeasureResult:
     unmonitored: list[str] | None = None  # quotas with no usage metric: counted, not dropped
     errors: list[str] | None = None  # parts of the check that failed (the rest still counts)
     skipped: tuple[str, ...] = ()  # key prefixes not measured because of an error: their alerts stand
+    metrics: int = 0  # metrics requested from GetMetricData (what CloudWatch bills the member account)
+    memo: dict[str, Any] | None = None  # kept for the next check of this account/region (None: unchanged)
 
 
 class CheckKind(Generic[S]):
@@ -87,9 +106,16 @@ class CheckKind(Generic[S]):
         return []
 
     def measure(
-        self, clients: Mapping[str, Any], settings: S, now: datetime, unit: Unit, open_keys: frozenset[str]
+        self,
+        clients: Mapping[str, Any],
+        settings: S,
+        now: datetime,
+        unit: Unit,
+        open_keys: frozenset[str],
+        context: MeasureContext | None = None,
     ) -> MeasureResult:
-        """``open_keys``: the open alerts of this account/region, so a quiet one can still resolve."""
+        """``open_keys``: the open alerts of this account/region, so a quiet one can still resolve.
+        A key in ``open_keys`` must always be measured (a key not measured resolves as gone)."""
         raise NotImplementedError
 
 

@@ -36,6 +36,7 @@ class MetricQuery:
 class MetricPeaks:
     peaks: dict[str, float | None] = field(default_factory=dict)
     calls: int = 0  # GetMetricData requests made (pages included)
+    metrics: int = 0  # metrics requested over those calls: what CloudWatch bills ($0.01 per 1,000)
     partial: list[str] = field(default_factory=list)  # keys CloudWatch answered with an error status
 
     def failed(self, key: str) -> bool:
@@ -44,6 +45,13 @@ class MetricPeaks:
 
     def get(self, key: str) -> float | None:
         return self.peaks.get(key)
+
+    def merge(self, other: MetricPeaks) -> MetricPeaks:
+        """Both readings together (a later read of the same key wins)."""
+        partial = [k for k in self.partial if k not in other.peaks] + other.partial
+        return MetricPeaks(
+            {**self.peaks, **other.peaks}, self.calls + other.calls, self.metrics + other.metrics, partial
+        )
 
 
 def batches(queries: Sequence[MetricQuery], minutes: int, period: int = PERIOD_SECONDS) -> Iterator[list[MetricQuery]]:
@@ -79,6 +87,8 @@ def fetch_peaks(
 ) -> MetricPeaks:
     """The highest value of each query's statistic over ``minutes`` before ``end``."""
     result = MetricPeaks({q.key: None for q in queries})
+    if not queries:
+        return result
     # Whole minutes: CloudWatch aggregates per period from StartTime, and aligned times are cheaper.
     end = end.replace(second=0, microsecond=0)
     start = end - timedelta(minutes=minutes)
@@ -94,6 +104,7 @@ def fetch_peaks(
         while True:
             resp = cloudwatch.get_metric_data(**kwargs)
             result.calls += 1
+            result.metrics += len(batch)
             for r in resp.get("MetricDataResults", []):
                 query = by_id.get(r["Id"])
                 if query is None:

@@ -12,6 +12,14 @@ Sources (Service Quotas API reference: ListServiceQuotas, ListAWSDefaultServiceQ
   - ``GlobalQuota`` quotas are the same in every region: checked once per account (its first region).
 
 All usage metrics of a unit are read with GetMetricData in as few calls as the API allows.
+
+Adaptive cadence (GetMetricData bills per metric; docs/cost.md): a quota whose last reading was below
+``relaxed_below_percent`` (and below ``near``, from which a reading can change an alert), or had no
+datapoints (nothing in use), is read again only after ``relaxed_every_hours``; every other quota (new,
+near, over, with an open alert, or whose last read failed) on every check. When a relaxed quota is
+read, the window reaches back to its last reading, so a peak in between is still seen (Maximum over
+the whole gap): a breach is found at most ``relaxed_every_hours`` late, never missed. The last reading
+of each quota is the check's memo in the ledger.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from math import ceil
 from typing import Any, ClassVar
 
 from botocore.exceptions import ClientError
 
-from automations.breach_checks.kinds import CHECK_KINDS, CheckKind, Measurement, MeasureResult
+from automations.breach_checks.kinds import CHECK_KINDS, CheckKind, MeasureContext, Measurement, MeasureResult
 from automations.breach_checks.metric_queries import PERIOD_SECONDS, MetricQuery, fetch_peaks
+from automations.core.clock import iso, parse_time
 from automations.core.rulebook import LoadedDocument, Problem
 from automations.core.runs import Unit
 
@@ -48,6 +58,8 @@ class ServiceQuotaSettings:
     services: tuple[str, ...] = ("ec2", "vpc")
     lookback_minutes: int = 60
     statistic: str = "recommended"
+    relaxed_below_percent: float = 50.0
+    relaxed_every_hours: float = 6.0
 
 
 def quota_key(service: str, code: str) -> str:
@@ -78,19 +90,39 @@ def _scale(quota: dict[str, Any], stat: str) -> float:
     return seconds / PERIOD_SECONDS
 
 
+MAX_WINDOW_MINUTES = 1440
+
+
+def _due(key: str, since: Any, rules: ServiceQuotaSettings, now: datetime, open_keys: frozenset[str]) -> int:
+    """Minutes its window must reach back if this quota is read now; 0: not now (relaxed).
+    ``since``: the end of its last reading, when that reading was far below (absent: read every check)."""
+    if key in open_keys or not isinstance(since, str):
+        return rules.lookback_minutes
+    gap = ceil((now - parse_time(since)).total_seconds() / 60)
+    if gap >= rules.relaxed_every_hours * 60 - rules.lookback_minutes / 2:
+        return min(MAX_WINDOW_MINUTES, max(rules.lookback_minutes, gap))
+    return 0
+
+
 def measure_service_quotas(
     sq: Any,
     cloudwatch: Any,
     rules: ServiceQuotaSettings,
     now: datetime,
     include_global: bool = True,
+    open_keys: frozenset[str] = frozenset(),
+    context: MeasureContext | None = None,
 ) -> MeasureResult:
     region = sq.meta.region_name
+    context = context or MeasureContext()
+    relaxed: dict[str, Any] = dict(context.memo.get("relaxed") or {})
+    window = rules.lookback_minutes
     counts: Counter[str] = Counter()
     unmonitored: list[str] = []
     errors: list[str] = []
     skipped: list[str] = []
     watched: list[tuple[dict[str, Any], str, str, MetricQuery]] = []
+    far: dict[str, float] = {}  # quota key -> the percent under which it is relaxed
     for service in rules.services:
         try:
             quotas = quotas_of(sq, service)
@@ -124,15 +156,31 @@ def measure_service_quotas(
                 else metric.get("MetricStatisticRecommendation") or "Maximum"
             )
             dims = tuple(sorted((metric.get("MetricDimensions") or {}).items()))
-            query = MetricQuery(quota_key(service, code), metric["MetricNamespace"], metric["MetricName"], dims, stat)
+            key = quota_key(service, code)
+            far[key] = min(rules.relaxed_below_percent, context.near(service, code))
+            reach = _due(key, relaxed.get(key), rules, now, open_keys)
+            if not reach:
+                counts["relaxed"] += 1  # far below its threshold at its last reading: read later
+                continue
+            window = max(window, reach)
+            query = MetricQuery(key, metric["MetricNamespace"], metric["MetricName"], dims, stat)
             watched.append((quota, service, source, query))
-    peaks = fetch_peaks(cloudwatch, [w[3] for w in watched], now, rules.lookback_minutes)
-    counts["monitored"] = len(watched)
+    peaks = fetch_peaks(cloudwatch, [w[3] for w in watched], now, window)
+    counts["monitored"] = len(watched) + counts["relaxed"]
+    counts["read"] = len(watched)
     measurements = []
     for quota, service, source, query in watched:
         code = quota["QuotaCode"]
         # None: no datapoints, or an error status: unknown either way (no_data), never a 0 that resolves.
         peak = None if peaks.failed(query.key) else peaks.get(query.key)
+        usage = None if peak is None else peak * _scale(quota, query.stat)
+        percent = None if usage is None else 100.0 * usage / float(quota["Value"])
+        if not peaks.failed(query.key):  # an error is not a reading: a relaxed quota keeps its gap
+            # No datapoints: nothing in use (AWS/Usage publishes while something is): far below.
+            if (percent or 0.0) < far[query.key] and query.key not in open_keys:
+                relaxed[query.key] = iso(now)
+            else:
+                relaxed.pop(query.key, None)
         measurements.append(
             Measurement(
                 check=CHECK,
@@ -140,10 +188,10 @@ def measure_service_quotas(
                 name=quota["QuotaName"],
                 service=service,
                 quota_code=code,
-                usage=None if peak is None else peak * _scale(quota, query.stat),
+                usage=usage,
                 limit=float(quota["Value"]),
                 unit=str(quota.get("Unit", "None")),
-                window=f"over the last {rules.lookback_minutes} min",
+                window=f"over the last {window} min",
                 breakdown=(
                     f"Limit {float(quota['Value']):,.0f} ({source}); adjustable: "
                     + ("yes, request an increase" if quota.get("Adjustable") else "no"),
@@ -154,7 +202,19 @@ def measure_service_quotas(
                 link=f"https://{region}.console.aws.amazon.com/servicequotas/home/services/{service}/quotas/{code}",
             )
         )
-    return MeasureResult(measurements, counts, peaks.calls, unmonitored, errors, tuple(skipped))
+    # Quotas gone from the listing are forgotten; a service that errored keeps its quotas' gaps.
+    kept = {k: v for k, v in relaxed.items() if k in far or (skipped and k.startswith(tuple(skipped)))}
+    memo = {"relaxed": dict(sorted(kept.items()))}
+    return MeasureResult(
+        measurements,
+        counts,
+        peaks.calls,
+        unmonitored,
+        errors,
+        tuple(skipped),
+        metrics=peaks.metrics,
+        memo=memo if memo != dict(context.memo) else None,
+    )
 
 
 @CHECK_KINDS.register
@@ -177,6 +237,14 @@ class ServiceQuotas(CheckKind[ServiceQuotaSettings]):
                 "description": "'recommended': each quota's UsageMetric.MetricStatisticRecommendation "
                 "(Maximum when it names none).",
             },
+            "relaxed_below_percent": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 100,
+                "description": "A quota last read below this percent (and below warn - hysteresis) is read "
+                "only every relaxed_every_hours, over the whole gap; 0 reads every quota every check.",
+            },
+            "relaxed_every_hours": {"type": "number", "minimum": 1, "maximum": 24},
         },
     }
     # None of these take a resource ARN (Service Authorization Reference).
@@ -206,6 +274,9 @@ class ServiceQuotas(CheckKind[ServiceQuotaSettings]):
         now: datetime,
         unit: Unit,
         open_keys: frozenset[str],
+        context: MeasureContext | None = None,
     ) -> MeasureResult:
         # Global quotas are the same in every region: checked once per account, in its first region.
-        return measure_service_quotas(clients["service-quotas"], clients["cloudwatch"], settings, now, unit.primary)
+        return measure_service_quotas(
+            clients["service-quotas"], clients["cloudwatch"], settings, now, unit.primary, open_keys, context
+        )

@@ -1,7 +1,10 @@
 """The fleet: which member accounts and regions opsbot acts in, and sessions into them.
 
-The hub assumes ``OpsBotExecutionRole`` (with an ExternalId) in each member account. Credentials
-are cached per account and reused for every region until they near expiry; clients are cached
+The hub assumes one member role per capability (``<role_prefix>-snapshots``, ``-security-groups``,
+``-breach-checks``, ``-kill-switches``; template-member.yaml), with an ExternalId, in each member account:
+the read-only checker cannot delete a snapshot and the snapshot task cannot flip a switch. Each broker
+acts for one capability (``for_capability``); credentials are cached per (account, role) and reused for
+every region until they near expiry; clients are cached
 per (account, region, service) because creating a boto3 client is far more expensive than a call,
 and all are made from the hub's one session so each service model is loaded once.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from automations.core import compiled
 from automations.core.rulebook import LoadedDocument, Problem, RuleFile, load_document, validate_document
 
 # Standard mode retries throttling and transient errors with backoff; 8 attempts rides out bursts.
@@ -38,7 +42,7 @@ class MemberAccount:
 @dataclass(frozen=True)
 class Fleet:
     accounts: tuple[MemberAccount, ...]
-    role_name: str = "OpsBotExecutionRole"
+    role_prefix: str = "opsbot"
     external_id: str | None = None
     session_duration_seconds: int = 3600
     partition: str = "aws"
@@ -60,8 +64,12 @@ class Fleet:
             if want_regions is None or r in want_regions
         ]
 
-    def role_arn(self, account_id: str) -> str:
-        return f"arn:{self.partition}:iam::{account_id}:role/{self.role_name}"
+    def role_name(self, capability: str) -> str:
+        """The member role of one capability (template-member.yaml names them ``<RolePrefix>-<capability>``)."""
+        return f"{self.role_prefix}-{capability}"
+
+    def role_arn(self, account_id: str, capability: str) -> str:
+        return f"arn:{self.partition}:iam::{account_id}:role/{self.role_name(capability)}"
 
 
 def _fleet_checks(doc: LoadedDocument) -> list[Problem]:
@@ -76,8 +84,12 @@ def _fleet_checks(doc: LoadedDocument) -> list[Problem]:
     return problems
 
 
+FLEET_SCHEMA = Path(__file__).with_name("schemas") / "fleet.schema.json"
+FLEET_COMPILED_FROM = (FLEET_SCHEMA, Path(__file__))  # a compiled fleet is stale when either changes
+
+
 def fleet_from_document(doc: LoadedDocument) -> Fleet:
-    validate_document(doc, Path(__file__).with_name("schemas") / "fleet.schema.json", [_fleet_checks])
+    validate_document(doc, FLEET_SCHEMA, [_fleet_checks])
     data = doc.data
     default_regions = tuple(data.get("default_regions", ()))
     accounts = tuple(
@@ -86,14 +98,31 @@ def fleet_from_document(doc: LoadedDocument) -> Fleet:
     )
     return Fleet(
         accounts=accounts,
-        role_name=data.get("role_name", "OpsBotExecutionRole"),
+        role_prefix=data.get("role_prefix", "opsbot"),
         external_id=data.get("external_id"),
         session_duration_seconds=data.get("session_duration_seconds", 3600),
         partition=data.get("partition", "aws"),
     )
 
 
-def load_fleet(path: str | Path, text: str | None = None) -> Fleet:
+def fleet_to_dict(fleet: Fleet) -> dict[str, Any]:
+    return asdict(fleet)
+
+
+def fleet_from_dict(data: dict[str, Any]) -> Fleet:
+    """A fleet compiled (validated) ahead of time (``core/compiled.py``)."""
+    accounts = tuple(MemberAccount(a["id"], a["name"], tuple(a["regions"])) for a in data["accounts"])
+    return Fleet(**{**data, "accounts": accounts})
+
+
+def load_fleet(path: str | Path, text: str | None = None, *, compiled_at: str | Path | None = None) -> Fleet:
+    """``compiled_at``: the rules file whose compiled form may be used (by default ``path``); it is used
+    only when it was compiled from this very text, e.g. a fleet parameter that holds the packaged file."""
+    if text is None:
+        text = Path(path).read_text(encoding="utf-8")
+    value = compiled.read(compiled_at or path, text, *FLEET_COMPILED_FROM)
+    if value is not None:
+        return fleet_from_dict(value)
     return fleet_from_document(load_document(path, text))
 
 
@@ -115,6 +144,13 @@ class _Credentials:
 
 
 @dataclass
+class _BrokerCache:
+    credentials: dict[tuple[str, str], _Credentials] = field(default_factory=dict)  # (account, capability)
+    clients: dict[tuple[str, str, str, str, bool], Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
 class SessionBroker:
     """Hands out boto3 clients for (account, region), assuming the member role as needed."""
 
@@ -125,17 +161,23 @@ class SessionBroker:
     clock: Callable[[], float] = time.time
     client_config: Config = CLIENT_CONFIG
     on_client: Callable[[Any], None] | None = None  # instrumentation hook (the benchmark counts calls)
-    _credentials: dict[str, _Credentials] = field(default_factory=dict, init=False)
-    _clients: dict[tuple[str, str, str, bool], Any] = field(default_factory=dict, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    # The member role it acts as (a capability's name). None: a broker that hands out nothing until
+    # ``for_capability`` names one, so no code path can act with another capability's role by default.
+    capability: str | None = None
+    # Shared by every ``for_capability`` view of one broker: one credentials and client cache, one lock.
+    cache: _BrokerCache = field(default_factory=lambda: _BrokerCache())
 
-    def _assume(self, account: str, region: str) -> _Credentials:
-        cached = self._credentials.get(account)
+    def for_capability(self, capability: str) -> SessionBroker:
+        """The same broker acting as ``capability``'s member role (``<role_prefix>-<capability>``)."""
+        return replace(self, capability=capability)
+
+    def _assume(self, account: str, region: str, capability: str) -> _Credentials:
+        cached = self.cache.credentials.get((account, capability))
         if cached and cached.expires_at - self.refresh_margin_seconds > self.clock():
             return cached
         sts = self.base_session.client("sts", region_name=region, config=self.client_config)
         params: dict[str, Any] = {
-            "RoleArn": self.fleet.role_arn(account),
+            "RoleArn": self.fleet.role_arn(account, capability),
             "RoleSessionName": self.session_name,
             "DurationSeconds": self.fleet.session_duration_seconds,
         }
@@ -156,18 +198,21 @@ class SessionBroker:
             },
             expires_at=creds["Expiration"].timestamp(),
         )
-        self._credentials[account] = fresh
+        self.cache.credentials[(account, capability)] = fresh
         # Clients made with the old credentials must not outlive them.
-        for key in [k for k in self._clients if k[0] == account]:
-            del self._clients[key]
+        for key in [k for k in self.cache.clients if k[:2] == (account, capability)]:
+            del self.cache.clients[key]
         return fresh
 
     def client(self, account: str, region: str, service: str, *, retries: bool = True) -> Any:
-        """A client in the member account/region; ``retries=False`` for calls opsbot retries itself."""
-        with self._lock:
-            creds = self._assume(account, region)
-            key = (account, region, service, retries)
-            client = self._clients.get(key)
+        """A client in the member account/region, as this broker's capability; ``retries=False`` for
+        calls opsbot retries itself."""
+        if self.capability is None:
+            raise RuntimeError("SessionBroker.client: no capability; use broker.for_capability(name)")
+        with self.cache.lock:
+            creds = self._assume(account, region, self.capability)
+            key = (account, self.capability, region, service, retries)
+            client = self.cache.clients.get(key)
             if client is None:
                 # One botocore session for all clients: service models (EC2's is tens of MB in memory)
                 # are loaded once, not once per (account, region).
@@ -177,5 +222,5 @@ class SessionBroker:
                 )
                 if self.on_client is not None:
                     self.on_client(client)
-                self._clients[key] = client
+                self.cache.clients[key] = client
             return client

@@ -41,8 +41,14 @@ IDEMPOTENCY_STORE = grants(
 )
 # The fleet document (SSM parameter, re-read every few minutes so new accounts need no redeploy).
 READ_FLEET = grants("FleetParameter", "ssm:GetParameter")
-# Assume the member role (fleet role_name) in any member account; the member trust is the second lock.
-ASSUME_MEMBER_ROLE = grants("MemberRoleName", "sts:AssumeRole")
+
+
+def assume_member_role(*capabilities: str) -> frozenset[Grant]:
+    """Assume these capabilities' member roles (``<role_prefix>-<capability>``) in any member account; the
+    member role's trust (ExternalId, this hub role's path) is the second lock."""
+    return frozenset(Grant("sts:AssumeRole", f"MemberRole/{c}") for c in capabilities)
+
+
 # SNS (an encrypted topic) and Slack (the bot token in Secrets Manager).
 NOTIFY = (
     grants("AlertTopic", "sns:Publish")

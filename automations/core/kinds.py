@@ -100,6 +100,8 @@ class TaskKind(Generic[Opts]):
     schema: ClassVar[dict[str, Any]] = {}
     required: ClassVar[tuple[str, ...]] = ()  # of the kind's own keys, those every task of it must set
     member_actions: ClassVar[frozenset[str]] = frozenset()
+    # The member role its units act as (its package's ``CAPABILITY.name``; template-member.yaml).
+    capability: ClassVar[str]
     hub_grants: ClassVar[frozenset[Grant]] = frozenset()
     # Counts that make a run worth telling on-call about even when it SUCCEEDED.
     noteworthy: ClassVar[tuple[str, ...]] = ("failed",)

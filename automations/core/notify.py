@@ -2,30 +2,24 @@
 
 One ``Alert`` is rendered twice: as JSON for SNS subscribers (e-mail, pager, chat bridges) and as
 Block Kit for Slack. A failure to notify is logged and returned, never raised: a Slack outage must
-not turn a finished run into a failed one.
+not turn a finished run into a failed one. Each failure is also handed to ``Notifier.on_failure`` when
+one is set: the handlers count it as the ``NotificationFailures`` metric (alarmed in template.yaml;
+runbook docs/runbooks/notification-failures.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
-from slack_sdk.models.blocks import (
-    ActionsBlock,
-    Block,
-    ButtonElement,
-    ContextBlock,
-    HeaderBlock,
-    MarkdownTextObject,
-    PlainTextObject,
-    SectionBlock,
-)
+
+if TYPE_CHECKING:  # slack-sdk is imported when a message is rendered for Slack, not by every importer
+    from slack_sdk import WebClient
+    from slack_sdk.models.blocks import Block
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +27,8 @@ SEVERITY_EMOJI = {"info": ":information_source:", "warning": ":warning:", "criti
 MAX_DETAIL_LINES = 10  # Slack sections hold 3,000 characters; on-call needs the first failures, not all.
 # Slack button action ids, shared by who shows a button (breach alerts) and who handles it (kill switches).
 KILL_SWITCH_FLIP, KILL_SWITCH_RESTORE = "killswitch_flip", "killswitch_restore"
+# The metric a failed delivery is counted as (namespace POWERTOOLS_METRICS_NAMESPACE, dimension service).
+NOTIFICATION_FAILURES_METRIC = "NotificationFailures"
 
 
 @dataclass
@@ -92,6 +88,16 @@ class Alert:
         return message
 
     def as_blocks(self) -> list[Block]:
+        from slack_sdk.models.blocks import (
+            ActionsBlock,
+            ButtonElement,
+            ContextBlock,
+            HeaderBlock,
+            MarkdownTextObject,
+            PlainTextObject,
+            SectionBlock,
+        )
+
         emoji = SEVERITY_EMOJI.get(self.severity, "")
         blocks: list[Block] = [
             HeaderBlock(text=PlainTextObject(text=f"{self.title}"[:150])),
@@ -125,6 +131,8 @@ class Notifier:
     topic_arn: str | None = None
     slack: WebClient | None = None
     slack_channel: str | None = None
+    # Told of each channel that failed: (channel, error). It must not raise (it is a metric, not a retry).
+    on_failure: Callable[[str, str], None] | None = None
 
     def channels(self) -> frozenset[str]:
         """The channels this notifier delivers to: "sns", "slack"."""
@@ -160,7 +168,10 @@ class Notifier:
             except (ClientError, BotoCoreError) as exc:
                 log.error("SNS publish failed: %s", exc)
                 errors.append(f"sns: {exc}")
+                self._failed("sns", str(exc))
         if self.slack is not None and self.slack_channel and "slack" not in skip:
+            from slack_sdk.errors import SlackApiError
+
             metadata = (
                 {"event_type": "opsbot_announcement", "event_payload": {"announcement_id": announcement_id}}
                 if announcement_id
@@ -176,4 +187,13 @@ class Notifier:
             except (SlackApiError, OSError) as exc:
                 log.error("Slack chat.postMessage failed: %s", exc)
                 errors.append(f"slack: {exc}")
+                self._failed("slack", str(exc))
         return errors
+
+    def _failed(self, channel: str, error: str) -> None:
+        if self.on_failure is None:
+            return
+        try:
+            self.on_failure(channel, error)
+        except Exception:  # counting a failure must never become one
+            log.exception("on_failure hook failed for %s", channel)

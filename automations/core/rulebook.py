@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import jsonschema
-import yaml
+if TYPE_CHECKING:  # imported where used: a handler reading compiled rules needs neither (core/compiled.py)
+    import jsonschema
+    import yaml
 
 Path_ = tuple[str | int, ...]
 # The rules/ directory beside automations/ (in the repository and in the Lambda package alike).
@@ -71,6 +72,8 @@ def format_path(path: Iterable[str | int]) -> str:
 
 def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[Problem], file: str) -> Any:
     """Build plain Python data from a composed YAML node, recording each node's line."""
+    import yaml
+
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -97,6 +100,8 @@ def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: 
 
 def load_document(file: str | Path, text: str | None = None) -> LoadedDocument:
     """Parse YAML (or JSON, which is YAML) keeping line numbers. Raises RulebookError on syntax errors."""
+    import yaml
+
     name = str(file)
     if text is None:
         text = Path(file).read_text(encoding="utf-8")
@@ -127,6 +132,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def schema_problems(doc: LoadedDocument, schema: dict[str, Any]) -> list[Problem]:
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for error in sorted(validator.iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))):

@@ -167,13 +167,15 @@ def open_run(
     dry_run: bool,
     list_key: str = L.RUN_LIST_KEY,
     run_id: str | None = None,
+    lifetime: timedelta | None = None,
     **attrs: Any,
 ) -> Plan:
-    """Open the run record and list its units (shared by task runs and breach checks)."""
+    """Open the run record and list its units (shared by task runs and breach checks). ``lifetime``:
+    how long it may stay RUNNING before the reaper closes it (default: by trigger, ``RUN_DEADLINE``)."""
     run_id = run_id or new_run_id(job, slot)
     ledger.open_run(
         run_id,
-        ledger.clock() + RUN_DEADLINE.get(trigger.type, RUN_DEADLINE["schedule"]),
+        ledger.clock() + (lifetime or RUN_DEADLINE.get(trigger.type, RUN_DEADLINE["schedule"])),
         task=job,
         kind=kind,
         trigger=asdict(trigger),
@@ -207,14 +209,18 @@ def execute_unit(
     *,
     clock: Callable[[], datetime] = utcnow,
     on_failure: Callable[[str], None] | None = None,
+    mark_running: bool = True,
 ) -> dict[str, Any]:
     """Run one unit's work and always record the unit, whatever happens; returns its summary.
 
     ``work`` gets the action recorder (batched ledger writes). A unit is FAILED when it could not run
-    (role denied, throttled past retries, a bug), PARTIAL when its outcome names problems."""
+    (role denied, throttled past retries, a bug), PARTIAL when its outcome names problems.
+    ``mark_running=False`` writes the unit once, when it ends (a unit that changes nothing in the
+    member account and whose Close runs only after its own units: one write instead of two)."""
     started = iso(clock())
     # Marked first, so a Close running meanwhile (a duplicate execution) waits instead of failing it.
-    ledger.record_unit(unit.run_id, unit.account, unit.region, status=L.RUNNING, started_at=started)
+    if mark_running:
+        ledger.record_unit(unit.run_id, unit.account, unit.region, status=L.RUNNING, started_at=started)
     status, error = L.SUCCEEDED, None
     outcome = UnitOutcome()
     try:
@@ -520,7 +526,7 @@ def run_unit(
             record=record,
             deadline=deadline,
             now=clock,
-            clients=broker.client,
+            clients=broker.for_capability(kind.capability).client,
             env=env,
         )
         return kind.run_unit(ctx)

@@ -12,18 +12,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
-from slack_sdk import WebClient
 
 from automations.core.clock import utcnow
 from automations.core.fleet import CLIENT_CONFIG, Fleet, SessionBroker, load_fleet
-from automations.core.kinds import KindEnv, TaskDefinition
 from automations.core.ledger import Ledger
 from automations.core.notify import Notifier
 from automations.core.rulebook import DEFAULT_RULES_DIR, RuleSource
-from automations.core.tasks import TASKS_FILE
+
+if TYPE_CHECKING:  # imported where used: a handler that runs no task kind needs neither (cold start)
+    from slack_sdk import WebClient
+
+    from automations.core.kinds import KindEnv, TaskDefinition
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,14 @@ class Runtime:
 
     @property
     def tasks(self) -> dict[str, TaskDefinition]:
+        from automations.core.tasks import TASKS_FILE
+
         return self.rules.get(TASKS_FILE)
 
     @property
     def env(self) -> KindEnv:
+        from automations.core.kinds import KindEnv
+
         return KindEnv(self.ledger, self.rules)
 
 
@@ -69,6 +75,8 @@ def slack_client(token: str | None, api_url: str | None) -> WebClient | None:
     # (SNS still alerts), rather than a failing call per alert.
     if not token or not token.startswith("xox"):
         return None
+    from slack_sdk import WebClient
+
     return WebClient(token=token, base_url=api_url) if api_url else WebClient(token=token)
 
 
@@ -92,7 +100,7 @@ def build_runtime(
 ) -> Runtime:
     """``fleet_text`` (e.g. from an SSM parameter) overrides ``rules/fleet.yaml`` when given."""
     fleet_file = settings.rules_dir / "fleet.yaml"
-    fleet = load_fleet(fleet_file if fleet_text is None else "ssm:fleet", fleet_text)
+    fleet = load_fleet(fleet_file if fleet_text is None else "ssm:fleet", fleet_text, compiled_at=fleet_file)
     table = session.resource("dynamodb", config=CLIENT_CONFIG).Table(settings.ledger_table)
     broker = SessionBroker(session, fleet, on_client=on_client)
     rules = RuleSource(settings.rules_dir)

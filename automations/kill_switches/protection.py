@@ -31,6 +31,7 @@ HUB_FUNCTIONS = (
     "CheckPlanFunction",
     "CheckUnitFunction",
     "CloseFunction",
+    "HeartbeatFunction",
     "KillSwitchWorkerFunction",
     "PlanFunction",
     "SgEventFunction",

@@ -42,6 +42,7 @@ from automations.kill_switches.kinds import SWITCH_KINDS, Identity, SwitchKind, 
 from automations.kill_switches.protection import Protection, opsbot_own
 
 SWITCH_INDEX_KEY = "SWITCH"
+CAPABILITY_NAME = "kill-switches"  # the member role switches act as (template-member.yaml)
 # The switch item (read, claim, restore, release after a failed flip), its audit trail, the flipped list.
 SWITCHBOARD_GRANTS = (
     grants(

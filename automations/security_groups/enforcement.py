@@ -10,7 +10,7 @@ first time it is used for a group; revokes are claimed first (``RuleClaims``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -66,9 +66,14 @@ def group_tags(ec2: Any, group_ids: Iterable[str]) -> dict[str, dict[str, str]]:
     tags: dict[str, dict[str, str]] = {g: {} for g in ids}
     for start in range(0, len(ids), FILTER_VALUES_MAX):
         chunk = ids[start : start + FILTER_VALUES_MAX]
-        for page in ec2.get_paginator("describe_tags").paginate(Filters=[{"Name": "resource-id", "Values": chunk}]):
+        request: dict[str, Any] = {"Filters": [{"Name": "resource-id", "Values": chunk}]}
+        while True:  # the pages by hand: a paginator loads botocore's paginator models (a cold-start cost)
+            page = ec2.describe_tags(**request)
             for t in page["Tags"]:
                 tags.setdefault(t["ResourceId"], {})[t["Key"]] = t["Value"]
+            if not page.get("NextToken"):
+                break
+            request["NextToken"] = page["NextToken"]
     return tags
 
 
@@ -119,13 +124,19 @@ def _revoke_batch(ec2: Any, once: Any, group_id: str, egress: bool, batch: list[
     return out + [Outcome(v, "failed", error) for v in left]
 
 
-def judge(ec2: Any, policy: SgPolicy, rules: list[SgRule], today: date) -> list[Verdict]:
+TagReader = Callable[[Any, set[str]], dict[str, dict[str, str]]]
+
+
+def judge(
+    ec2: Any, policy: SgPolicy, rules: list[SgRule], today: date, read_tags: TagReader | None = None
+) -> list[Verdict]:
     """Verdicts for the rules that break the policy, each group's rules judged together (a split world is
-    the world). Group tags (conditions, exemptions) are read only for groups where something may break it."""
+    the world). Group tags (conditions, exemptions) are read only for groups where something may break it;
+    ``read_tags`` (by default ``group_tags``) may hand back tags read ahead (``remediation.TagLookahead``)."""
     suspects = policy.may_offend(rules)
     if not suspects:
         return []
-    tags = group_tags(ec2, suspects)
+    tags = (read_tags or group_tags)(ec2, suspects)
     tagged = [replace(r, group_tags=tags.get(r.group_id, {})) if r.group_id in suspects else r for r in rules]
     return policy.evaluate_all(tagged, today)
 

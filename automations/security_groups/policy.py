@@ -25,14 +25,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jmespath
-from jmespath.exceptions import JMESPathError
-from jmespath.parser import ParsedResult
-
+from automations.core import compiled
 from automations.core.clock import parse_time
 from automations.core.rulebook import LoadedDocument, Problem, RuleFile, load_document, validate_document
+
+if TYPE_CHECKING:  # jmespath is imported only when a rule has a `when`
+    from jmespath.parser import ParsedResult
 
 ALL_PORTS = (0, 65535)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -395,6 +395,9 @@ def _checks(doc: LoadedDocument) -> list[Problem]:
                 if not 0 <= low <= high <= 65535:
                     problems.append(doc.problem(("rules", i, "ports", j), f"bad port range {item!r}"))
         if "when" in rule:
+            import jmespath
+            from jmespath.exceptions import JMESPathError
+
             try:
                 jmespath.compile(rule["when"])
             except JMESPathError as exc:
@@ -412,8 +415,14 @@ def _checks(doc: LoadedDocument) -> list[Problem]:
     return problems
 
 
+POLICY_SCHEMA = Path(__file__).with_name("schemas") / "security_groups.schema.json"
+POLICY_COMPILED_FROM = (POLICY_SCHEMA, Path(__file__))  # a compiled policy is stale when either changes
+
+
 def policy_from_document(doc: LoadedDocument, text: str) -> SgPolicy:
-    validate_document(doc, Path(__file__).with_name("schemas") / "security_groups.schema.json", [_checks])
+    import jmespath
+
+    validate_document(doc, POLICY_SCHEMA, [_checks])
     settings = doc.data.get("settings", {})
     rules = []
     for r in doc.data["rules"]:
@@ -454,9 +463,66 @@ def policy_from_document(doc: LoadedDocument, text: str) -> SgPolicy:
     )
 
 
+def policy_to_dict(policy: SgPolicy) -> dict[str, Any]:
+    """The policy as plain JSON data (``core/compiled.py``); ``policy_from_dict`` reads it back."""
+    return {
+        "rules": [
+            {
+                "name": r.name,
+                "mode": r.mode,
+                "direction": r.direction,
+                "description": r.description,
+                "protocols": sorted(r.protocols) if r.protocols is not None else None,
+                "ports": [list(p) for p in r.ports] if r.ports is not None else None,
+                "world": r.world,
+                "broader_than_ipv4": r.broader_than_ipv4,
+                "broader_than_ipv6": r.broader_than_ipv6,
+                "when": r.when.expression if r.when is not None else None,
+            }
+            for r in policy.rules
+        ],
+        "exemptions": [{**asdict(e), "until": e.until.isoformat() if e.until else None} for e in policy.exemptions],
+        "exemption_tag": policy.exemption_tag,
+        "exemption_reason_tag": policy.exemption_reason_tag,
+        "exemption_tag_max_days": policy.exemption_tag_max_days,
+        "sweep_report_only_after_rules_change": policy.sweep_report_only_after_rules_change,
+        "digest": policy.digest,
+    }
+
+
+def policy_from_dict(data: dict[str, Any]) -> SgPolicy:
+    """A policy compiled (validated) ahead of time: no YAML, no JSON-schema."""
+    rules = []
+    for r in data["rules"]:
+        when = None
+        if r["when"] is not None:
+            import jmespath
+
+            when = jmespath.compile(r["when"])
+        rules.append(
+            ForbiddenRule(
+                **{
+                    **r,
+                    "protocols": frozenset(r["protocols"]) if r["protocols"] is not None else None,
+                    "ports": tuple((low, high) for low, high in r["ports"]) if r["ports"] is not None else None,
+                    "when": when,
+                }
+            )
+        )
+    exemptions = tuple(
+        Exemption(**{**e, "until": date.fromisoformat(e["until"]) if e["until"] else None}) for e in data["exemptions"]
+    )
+    return SgPolicy(**{**data, "rules": tuple(rules), "exemptions": exemptions})
+
+
 def load_policy(path: str | Path, text: str | None = None) -> SgPolicy:
+    """The policy from its compiled form when that was compiled from this text (``make package``), else
+    parsed and validated."""
     if text is None:
         text = Path(path).read_text(encoding="utf-8")
+    value = compiled.read(path, text, *POLICY_COMPILED_FROM)
+    if value is not None:
+        return policy_from_dict(value)
     return policy_from_document(load_document(path, text), text)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,8 +36,10 @@ from automations.security_groups.enforcement import (
     RUNBOOK,
     Outcome,
     RuleClaims,
+    TagReader,
     describe_rules,
     enforce,
+    group_tags,
     judge,
     outcome_line,
 )
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 # In the member account: read the rules an event names (by id, by group, a groupName in the default VPC),
 # the groups' tags (exemptions), and revoke by rule id.
+CAPABILITY_NAME = "security-groups"  # the member role remediation acts as (template-member.yaml)
 MEMBER_ACTIONS = frozenset(
     {
         "ec2:DescribeSecurityGroupRules",
@@ -138,12 +142,59 @@ def rules_to_judge(ec2: Any, change: SgChange) -> tuple[list[SgRule], str | None
     return asked, None
 
 
+class TagLookahead:
+    """The exemption lookup (the group's tags) started before the dedupe write returns, so the two round
+    trips overlap: the handler starts it, then Powertools Idempotency writes its in-progress record.
+
+    Read-only: if the event turns out to be a duplicate the tags are simply not used. They are used only
+    for exactly the groups read ahead (a modern record's rules, judged as they are); any other request,
+    and any failure of the read ahead, is read again when judging, as before."""
+
+    def __init__(self, event: Mapping[str, Any], broker: SessionBroker, policy: SgPolicy, now: datetime) -> None:
+        self._future: Future[tuple[frozenset[str], dict[str, dict[str, str]]] | None] = _LOOKAHEAD.submit(
+            self._read, event, broker.for_capability(CAPABILITY_NAME), policy, now
+        )
+
+    @staticmethod
+    def _read(
+        event: Mapping[str, Any], broker: SessionBroker, policy: SgPolicy, now: datetime
+    ) -> tuple[frozenset[str], dict[str, dict[str, str]]] | None:
+        change = parse_event(event, now)
+        if isinstance(change, Ignored) or change.unclear or change.modify or not change.rules:
+            return None
+        env = change.envelope
+        member = broker.fleet.account(env.account)
+        if member is None or env.region not in member.regions:
+            return None
+        rules = list(change.rules)
+        suspects = policy.may_offend(rules)
+        if not suspects or policy.needs_group_view(rules):
+            return None
+        ec2 = broker.client(env.account, env.region, "ec2")
+        # The revoke's client (retries off) is made while the tags are read, not after.
+        _LOOKAHEAD.submit(broker.client, env.account, env.region, "ec2", retries=False)
+        return frozenset(suspects), group_tags(ec2, suspects)
+
+    def __call__(self, ec2: Any, group_ids: set[str]) -> dict[str, dict[str, str]]:
+        try:
+            ahead = self._future.result()
+        except Exception:  # the judging path reads again, and raises what it raises
+            ahead = None
+        if ahead is not None and ahead[0] == frozenset(group_ids):
+            return ahead[1]
+        return group_tags(ec2, group_ids)
+
+
+_LOOKAHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sg-lookahead")
+
+
 def remediate(
     change: SgChange,
     broker: SessionBroker,
     policy: SgPolicy,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     claims: RuleClaims | None = None,
+    read_tags: TagReader | None = None,
 ) -> Remediation:
     """Judge and act on one parsed change, in the account/region it came from (if the fleet has it)."""
     env = change.envelope
@@ -165,7 +216,7 @@ def remediate(
         ]
     now = clock()
     once = broker.client(env.account, env.region, "ec2", retries=False)  # revokes: opsbot retries, after looking
-    verdicts = judge(ec2, policy, rules, now.date())
+    verdicts = judge(ec2, policy, rules, now.date(), read_tags)
     result.outcomes = enforce(ec2, verdicts, claims=claims, now=now, by=f"event:{env.event_id}", once=once)
     gone = [o for o in result.outcomes if o.result == "already-gone"]
     if gone and result.read_groups is None and change.groups:
@@ -261,20 +312,25 @@ def handle_event(
     broker: SessionBroker,
     policy: SgPolicy,
     ledger: Ledger,
-    notifier: Notifier | None,
+    notifier: Notifier | Callable[[], Notifier | None] | None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    read_tags: TagReader | None = None,
 ) -> dict[str, Any]:
     """Parse, remediate, then tell: alert and one ledger record. Designed errors (an event that cannot be
-    read, a member account that cannot be reached) are recorded and raised for the dead-letter queue."""
+    read, a member account that cannot be reached) are recorded and raised for the dead-letter queue.
+
+    ``notifier`` may be a function that returns it: it is then asked for only after opsbot has acted (the
+    Slack token is a Secrets Manager read that need not come before the revoke)."""
     now = clock()
     try:
         parsed = parse_event(event, now)
         if isinstance(parsed, Ignored):
             rem = Remediation(parsed.envelope, ignored=parsed.reason)
         else:
-            rem = remediate(parsed, broker, policy, clock, RuleClaims(ledger.table))
+            member = broker.for_capability(CAPABILITY_NAME)  # the security-groups member role
+            rem = remediate(parsed, member, policy, clock, RuleClaims(ledger.table), read_tags)
     except InputError as exc:
-        report_unreadable("security-group event", event, exc, ledger, notifier, now, RUNBOOK)
+        report_unreadable("security-group event", event, exc, ledger, _resolve(notifier), now, RUNBOOK)
         raise
     except AccountAccessError as exc:
         # Recorded, then raised so the event goes to the dead-letter queue for a retry.
@@ -289,7 +345,11 @@ def handle_event(
             },
         )
         raise
-    return tell(rem, ledger, notifier, clock())
+    return tell(rem, ledger, _resolve(notifier), clock())
+
+
+def _resolve(notifier: Notifier | Callable[[], Notifier | None] | None) -> Notifier | None:
+    return notifier if notifier is None or isinstance(notifier, Notifier) else notifier()
 
 
 def tell(rem: Remediation, ledger: Ledger, notifier: Notifier | None, now: datetime) -> dict[str, Any]:

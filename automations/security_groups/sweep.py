@@ -20,6 +20,7 @@ REPORTED = ("revoked", "would-revoke", "alerted", "failed")  # action outcomes l
 @TASK_KINDS.register
 class SecurityGroupSweep(TaskKind[None]):
     name = "security-group-sweep"
+    capability = "security-groups"
     summary = "Every security group in every account/region against rules/security_groups.yaml."
     runbook = RUNBOOK
     noteworthy = ("revoked", "would_revoke", "alerted", "failed", "exempt_first_use")

@@ -149,6 +149,7 @@ def _age(snap: ExistingSnapshot) -> tuple[Any, str]:
 @TASK_KINDS.register
 class EbsSnapshot(TaskKind[SnapshotOptions]):
     name = "ebs-snapshot"
+    capability = "snapshots"
     summary = "EBS snapshots of tagged instances and volumes, once per schedule slot, with retention."
     runbook = "docs/runbooks/ebs-snapshots.md"
     schema: ClassVar[dict[str, Any]] = {

@@ -88,6 +88,7 @@ def _copy_tags(source: ExistingSnapshot, ctx: UnitContext[CopyOptions]) -> dict[
 @TASK_KINDS.register
 class EbsSnapshotCopy(TaskKind[CopyOptions]):
     name = "ebs-snapshot-copy"
+    capability = "snapshots"
     summary = "Copies of another task's EBS snapshots to a DR region (and account), encrypted, with retention."
     runbook = "docs/runbooks/ebs-snapshots.md"
     schema: ClassVar[dict[str, Any]] = {

@@ -41,6 +41,26 @@ What moto (5.2) lacks, and what this adds to it:
      under a lock shared by transactions, keeping a copy of just the items it writes in case a write
      fails validation (DynamoDB API reference, TransactWriteItems).
 
+  6. IAM: what a request acts on, and trust policies (opsbot/local/iam_resources.py has the details).
+     a. moto evaluates identity policies against the resource "*" except for SQS queues, IAM roles and
+        sts:AssumeRole, so a policy naming a table, topic, secret, parameter, rule, function, security
+        group or snapshot never matches. The shim checks each request against the ARN(s) it touches,
+        for dynamodb (tables, indexes; BatchWriteItem per table, TransactWriteItems per item under the
+        item's own action, as DynamoDB authorizes them), sns, lambda, events, ssm, secretsmanager,
+        ec2 (CreateSnapshot: the volume and the new snapshot, plus ec2:CreateTags when tags come with
+        it; CopySnapshot: source and copy; Revoke*/Authorize*: the group; DeleteSnapshot, CreateTags),
+        states, scheduler, cloudwatch alarms and kms keys. Calls that take no resource stay "*".
+     b. moto checks a role's trust policy only when the role is in the caller's own account, and there
+        only the Principal and StringEquals on sts:ExternalId. The shim checks every sts:AssumeRole
+        against the trust policy of the role in its own account: Principal (an account or root ARN
+        admits that account's principals, a service principal no caller), and conditions with the
+        String*/Arn*/Bool/Null operators on sts:ExternalId, aws:PrincipalArn (a role session's is the
+        role's ARN, path included) and aws:PrincipalAccount. A condition key the request does not
+        carry, or an operator the shim does not know, fails the statement: never looser than AWS.
+     c. Not evaluated (moto, and so locally): conditions of identity policies. opsbot/local/iam_roles.py
+        drops an Allow's Condition (moto ignores it) and a conditional Deny whole (moto would apply it
+        to every request); tests check those conditions from the template text.
+
 CloudWatch metrics that AWS publishes itself (AWS/Lambda, AWS/Usage) are put locally with
 PutMetricData (opsbot/local/seed.py); moto accepts those namespaces, AWS would not.
 """
@@ -360,6 +380,127 @@ def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> No
             raise
 
 
+# ---- IAM: the resource ARNs a request acts on, and trust policies across accounts ------------------
+def _caller_principal_arn(request: Any) -> str:
+    """The caller as aws:PrincipalArn names it: an IAM user's ARN, or for role sessions the role's ARN
+    (with its path), not the assumed-role session ARN."""
+    from moto.iam.access_control import AssumedRoleAccessKey
+    from moto.sts.models import sts_backends
+
+    key = request._access_key
+    if isinstance(key, AssumedRoleAccessKey):
+        for assumed in sts_backends[key.account_id][key.partition].assumed_roles:
+            if assumed.access_key_id == key._access_key_id:
+                return str(assumed.role_arn)
+    return str(key.arn)
+
+
+def _concrete(arn: str) -> str:
+    """Placeholders iam_resources.py leaves for what only the local AWS knows: a secret's ARN (with its
+    random suffix) from its name, a KMS key's ARN from an alias or id."""
+    if arn.startswith("secret-name:"):
+        from moto.secretsmanager.models import secretsmanager_backends
+
+        _, region, account, name = arn.split(":", 3)
+        try:
+            return str(secretsmanager_backends[account][region].describe_secret(name).arn)
+        except Exception:  # no such secret: the call fails on its own after the check
+            return f"arn:aws:secretsmanager:{region}:{account}:secret:{name}"
+    if arn.startswith("kms-key:"):
+        from moto.kms.models import kms_backends
+
+        _, region, account, key = arn.split(":", 3)
+        try:
+            key_id = kms_backends[account][region].get_key_id_from_alias(key) if key.startswith("alias/") else key
+            return f"arn:aws:kms:{region}:{account}:key/{key_id or key}"
+        except Exception:
+            return f"arn:aws:kms:{region}:{account}:key/{key}"
+    return arn
+
+
+def _check_action_permitted(original: Any) -> Any:
+    def check(self: Any, resource: str) -> None:
+        from moto.core.exceptions import AccessDeniedError
+        from moto.utilities.utils import get_partition
+
+        from opsbot.local.iam_resources import request_resources, trust_allows
+
+        if self._action == "sts:GetCallerIdentity":  # always allowed, as on AWS
+            return
+        service, _, action = self._action.partition(":")
+        partition = get_partition(self._region)
+        pairs = request_resources(
+            service=service,
+            action=action,
+            partition=partition,
+            region=self._region,
+            account=self.account_id,
+            path=self._path,
+            body=self._body,
+            data=self._data,
+        ) or [(self._action, resource)]
+        for needed, arn in pairs:
+            self._action = needed
+            arn = _concrete(arn)
+            try:
+                original(self, arn)  # moto's identity-policy evaluation, on the real ARN
+            except AccessDeniedError:
+                _deny(self, needed, arn)
+        if self._action == "sts:AssumeRole" and not _check_trust(self, resource, partition, trust_allows):
+            _deny(self, self._action, resource)
+
+    check.opsbot_original = original  # type: ignore[attr-defined]
+    return check
+
+
+# Services whose errors are JSON (awsJson / restJson): AWS answers them AccessDeniedException, and
+# moto's XML AccessDenied would reach botocore as an unparsed "403".
+_JSON_ERROR_SERVICES = frozenset(
+    {"dynamodb", "lambda", "events", "ssm", "secretsmanager", "states", "kms", "scheduler", "servicequotas"}
+)
+
+
+def _deny(request: Any, action: str, resource: str) -> None:
+    """AccessDenied as AWS words it (naming the resource), in the protocol of the service."""
+    from moto.core.exceptions import AccessDeniedError, JsonRESTError
+
+    caller = request._access_key.arn
+    if action.partition(":")[0] in _JSON_ERROR_SERVICES:
+        error = JsonRESTError(
+            "AccessDeniedException", f"User: {caller} is not authorized to perform: {action} on resource: {resource}"
+        )
+        error.code = 403
+        raise error
+    raise AccessDeniedError(caller, f"{action} on resource: {resource}")
+
+
+def _check_trust(request: Any, role_arn: str, partition: str, trust_allows: Any) -> bool:
+    """sts:AssumeRole: the role's trust policy, in the role's own account (moto checks it only for a
+    role in the caller's account, and only Principal and StringEquals on sts:ExternalId there)."""
+    from moto.iam.exceptions import NotFoundException
+    from moto.iam.models import iam_backends
+
+    account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
+    try:
+        role = iam_backends[account][partition].get_role_by_arn(role_arn)
+    except (NotFoundException, KeyError):
+        return False
+    external = request._data.get("ExternalId") if isinstance(request._data, dict) else None
+    context = {
+        "aws:PrincipalArn": _caller_principal_arn(request),
+        "aws:PrincipalAccount": request.account_id,
+    }
+    if external:
+        context["sts:ExternalId"] = external[0] if isinstance(external, list) else str(external)
+    document = json.loads(role.assume_role_policy_document)
+    return bool(trust_allows(document, context["aws:PrincipalArn"], request.account_id, context))
+
+
+def _no_same_account_trust_check(self: Any, resource_arn: str) -> bool:
+    """moto's own trust check (same account only) is replaced by _check_trust, for every account."""
+    return False
+
+
 # ---- install ----------------------------------------------------------------------------------
 _ORIGINAL_DEFAULTS: Any = None  # moto's own ListAWSDefaultServiceQuotas, put back by uninstall()
 
@@ -384,6 +525,10 @@ def install() -> None:
     ServiceQuotasResponse.request_service_quota_increase = _request_service_quota_increase  # type: ignore[attr-defined]
     if not hasattr(IAMRequestBase.__init__, "opsbot_original"):
         IAMRequestBase.__init__ = _patched_iam_init(IAMRequestBase.__init__)  # type: ignore[method-assign]
+    if not hasattr(IAMRequestBase.check_action_permitted, "opsbot_original"):
+        IAMRequestBase.check_action_permitted = _check_action_permitted(IAMRequestBase.check_action_permitted)  # type: ignore[method-assign]
+        _no_same_account_trust_check.opsbot_original = vars(IAMRequestBase)["_is_assuming_role_operation"]  # type: ignore[attr-defined]
+        IAMRequestBase._is_assuming_role_operation = _no_same_account_trust_check  # type: ignore[method-assign]
     if not hasattr(EBSBackend.copy_snapshot, "opsbot_original"):
         EBSBackend.copy_snapshot = _patched_copy_snapshot(EBSBackend.copy_snapshot)  # type: ignore[method-assign]
     if vars(DynamoDBBackend)["transact_write_items"] is not _transact_write_items:
@@ -412,6 +557,10 @@ def uninstall() -> None:
     original = getattr(IAMRequestBase.__init__, "opsbot_original", None)
     if original is not None:
         IAMRequestBase.__init__ = original  # type: ignore[method-assign]
+    check = getattr(IAMRequestBase.check_action_permitted, "opsbot_original", None)
+    if check is not None:
+        IAMRequestBase.check_action_permitted = check  # type: ignore[method-assign]
+        IAMRequestBase._is_assuming_role_operation = _no_same_account_trust_check.opsbot_original  # type: ignore[attr-defined,method-assign]
     copy = getattr(EBSBackend.copy_snapshot, "opsbot_original", None)
     if copy is not None:
         EBSBackend.copy_snapshot = copy  # type: ignore[method-assign]

@@ -14,6 +14,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from automations.core.runs import Trigger, plan_run, run_now
 from automations.core.runtime import Settings, build_notifier, build_runtime
@@ -23,6 +24,7 @@ from opsbot.local.demo_breaches import breach_chapter
 from opsbot.local.demo_dr import dr_copy_chapter
 from opsbot.local.demo_killswitch import killswitch_chapter
 from opsbot.local.demo_security import security_chapter
+from opsbot.local.events import WORKERS, api_routes, queue_routes, routes
 from opsbot.local.lifecycle import seed_into
 from opsbot.local.slack_standin import SlackStandIn
 from opsbot.runs_view import runs_table
@@ -31,6 +33,10 @@ from opsbot.tables import table
 
 def _say(text: str) -> None:
     print(f"\n\033[1m>> {text}\033[0m", flush=True)
+
+
+# The template functions (logical ids) the chapters deliver events to: security, then kill switches.
+DELIVERED_TO = frozenset({"SgEventFunction", "SlackActionsFunction", "KillSwitchWorkerFunction"})
 
 
 def demo(port: int = 0) -> int:
@@ -42,11 +48,15 @@ def demo(port: int = 0) -> int:
     token = "xoxb-local-demo-token"
     try:
         with SlackStandIn(token, echo=lambda text: print(f"\n{text}", flush=True)) as slack:
-            _say("seeding the fleet: hub + 3 member accounts x 2 regions; then IAM enforcement on")
+            _say("seeding the fleet: hub + 3 member accounts x 2 regions, the templates' roles; IAM enforcement on")
             state = seed_into(server.endpoint(port), slack.base_url, token)
             for line in state["seed_lines"]:
                 print("  " + line)
             apply_local_environment({"endpoint": server.endpoint(port), **state})
+            # The functions the story delivers events to, started now as Lambda containers would be
+            # (each in its own process, as its own role), so their imports overlap the first chapters.
+            every: list[Any] = [*routes(), *queue_routes(), *api_routes()]
+            WORKERS.prewarm(sorted({r.handler for r in every if r.function in DELIVERED_TO}))
             settings = Settings.from_mapping(os.environ)
             rt = build_runtime(settings, session())
             from aws_lambda_powertools.utilities import parameters
@@ -96,6 +106,7 @@ def demo(port: int = 0) -> int:
             killswitch_chapter(state, rt, notifier, slack, _say)
             print(f"\nSlack messages posted: {len(slack.messages())}")
     finally:
+        WORKERS.close()  # the hub functions' processes (events.py), before the AWS they talk to
         server.stop(moto.pid)
     _say(f"demo finished in {time.monotonic() - started:.1f}s")
     return 0

@@ -52,7 +52,11 @@ def breach_chapter(
     hot = state["breaches"]["lambda"]
     say(f"twenty minutes later the spike in {hot['account']}/{hot['region']} is over: concurrency down to 30%")
     publisher = boto3.Session(**{k.lower(): v for k, v in state["breaches"]["metrics_keys"].items()})
-    limits = rt.broker.client(hot["account"], hot["region"], "lambda").get_account_settings()["AccountLimit"]
+    limits = (
+        rt.broker.for_capability("breach-checks")
+        .client(hot["account"], hot["region"], "lambda")
+        .get_account_settings()["AccountLimit"]
+    )
     allocated = limits["ConcurrentExecutions"] - limits["UnreservedConcurrentExecutions"]
     unreserved = round(0.3 * limits["ConcurrentExecutions"]) - allocated
     publisher.client("cloudwatch", region_name=hot["region"]).put_metric_data(

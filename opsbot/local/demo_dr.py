@@ -29,7 +29,7 @@ def dr_copy_chapter(rt: Runtime, notifier: Notifier, at: datetime, say: Callable
             f"waiting for a pending source {counts.get('deferred_pending', 0)}, pruned in DR {counts.get('deleted', 0)}"
         )
     account = rt.fleet.accounts[0].id
-    ec2: Any = rt.broker.client(account, options.region, "ec2")
+    ec2: Any = rt.broker.for_capability("snapshots").client(account, options.region, "ec2")
     found = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag:opsbot:task", "Values": [TASK]}])
     say(f"the copies in {account}/{options.region} (first five): source, key, carried tags")
     rows = []

@@ -25,7 +25,7 @@ from automations.core.runtime import Runtime
 from automations.kill_switches import pause as pausing
 from automations.kill_switches.policies import protection_of
 from automations.kill_switches.slack_buttons import FLIP, RESTORE
-from automations.kill_switches.switchboard import Actor, Switchboard, describe
+from automations.kill_switches.switchboard import CAPABILITY_NAME, Actor, Switchboard, describe
 from opsbot.local.events import api_request, deliver_queues
 from opsbot.local.slack_standin import SlackStandIn
 from opsbot.tables import table
@@ -61,7 +61,7 @@ def killswitch_chapter(
     state: dict[str, Any], rt: Runtime, notifier: Notifier, slack: SlackStandIn, say: Callable[[str], None]
 ) -> None:
     account, region = state["functions"]["account"], state["functions"]["region"]
-    lam = rt.broker.client(account, region, "lambda")
+    lam = rt.broker.for_capability(CAPABILITY_NAME).client(account, region, "lambda")
     infra = boto3.Session(
         aws_access_key_id=state["infra_keys"]["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=state["infra_keys"]["AWS_SECRET_ACCESS_KEY"],
@@ -121,7 +121,9 @@ def killswitch_chapter(
     told = json.loads(answer["body"])  # the refusal comes back in the response itself, to the presser only
     print(f"  not on call: {answer['statusCode']} {told['response_type']}: {told['text']}; still {reserved()}")
 
-    board = Switchboard(rt.ledger.table, rt.broker.client, rt.fleet, protection_of(rt.rules))
+    board = Switchboard(
+        rt.ledger.table, rt.broker.for_capability(CAPABILITY_NAME).client, rt.fleet, protection_of(rt.rules)
+    )
     say("opsbot killswitch status")
     print(
         table(

@@ -5,8 +5,12 @@ deployed are the ones tried locally and tested."""
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +19,7 @@ from typing import Any
 import boto3
 
 from opsbot.cfn import PROJECT_ROOT, load_template, resources_of_type
+from opsbot.environment import FUNCTION_KEYS_ENV
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,85 @@ class LocalLambdaContext:
         return 30_000
 
 
-def call_handler(handler: str, event: dict[str, Any]) -> Any:
+def call_handler_here(handler: str, event: dict[str, Any]) -> Any:
+    """The handler in this process, with whatever credentials this process has."""
     module, _, name = handler.rpartition(".")
     function = getattr(importlib.import_module(module), name)
     return function(event, LocalLambdaContext(function_name=handler))
+
+
+class FunctionError(RuntimeError):
+    """A handler run in its function's process raised; the message carries its traceback."""
+
+
+@dataclass
+class FunctionWorkers:
+    """One process per hub function, started on its first event and kept for the next ones (a warm
+    Lambda container), with that function role's credentials and nothing else."""
+
+    procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+
+    def start(self, handler: str, credentials: dict[str, str]) -> subprocess.Popen[str]:
+        proc = self.procs.get(handler)
+        if proc is None or proc.poll() is not None:
+            env = {k: v for k, v in os.environ.items() if k not in (FUNCTION_KEYS_ENV, "AWS_PROFILE")}
+            env.update(credentials)
+            proc = self.procs[handler] = subprocess.Popen(
+                [sys.executable, "-m", "opsbot.local.function_worker", handler],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        return proc
+
+    def prewarm(self, handlers: list[str]) -> None:
+        """Start these functions' processes now (they import their handler in the background)."""
+        for handler in handlers:
+            if credentials := function_credentials(handler):
+                self.start(handler, credentials)
+
+    def invoke(self, handler: str, event: dict[str, Any], credentials: dict[str, str]) -> Any:
+        proc = self.start(handler, credentials)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps({"handler": handler, "event": event}) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise FunctionError(f"{handler}: its process exited ({proc.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise FunctionError(f"{handler}: {answer['error']}\n{answer['traceback']}")
+        return answer["result"]
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+
+WORKERS = FunctionWorkers()
+atexit.register(WORKERS.close)
+
+
+def function_credentials(handler: str) -> dict[str, str] | None:
+    """The function role's session `opsbot local seed` made for this handler, if the local AWS has one."""
+    keys = json.loads(os.environ.get(FUNCTION_KEYS_ENV) or "{}")
+    found: dict[str, str] | None = keys.get(handler)
+    return found
+
+
+def call_handler(handler: str, event: dict[str, Any]) -> Any:
+    """Deliver an event to a handler as Lambda would: in the local AWS with per-function roles, in the
+    function's own process under its role (``FunctionWorkers``); otherwise (moto in this process, the
+    tests) right here."""
+    credentials = function_credentials(handler)
+    if credentials is None:
+        return call_handler_here(handler, event)
+    return WORKERS.invoke(handler, event, credentials)

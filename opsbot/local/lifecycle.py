@@ -7,14 +7,16 @@ import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import boto3
 
 from automations.core.fleet import load_fleet
-from automations.core.runtime import DEFAULT_RULES_DIR
 from opsbot.local import hub, server
 from opsbot.local import seed as seeding
+from opsbot.local.demo_rules import assemble
+from opsbot.local.iam_roles import HUB_TEMPLATE, MEMBER_TEMPLATE
 
 SLACK_CHANNEL = "#ops-alerts"
 
@@ -54,8 +56,16 @@ def up(port: int, slack_port: int) -> str:
     )
 
 
-def seed_into(endpoint: str, slack_api_url: str, slack_token: str) -> dict[str, Any]:
-    """Seed a running moto server; returns the state entries the CLI needs to act as the hub."""
+def seed_into(
+    endpoint: str,
+    slack_api_url: str,
+    slack_token: str,
+    *,
+    hub_template: Path = HUB_TEMPLATE,
+    member_template: Path = MEMBER_TEMPLATE,
+) -> dict[str, Any]:
+    """Seed a running moto server; returns the state entries the CLI needs to act as the hub: the
+    operator role's session (``operator_keys``) and each function role's (``function_keys``)."""
     server.set_enforce_iam(endpoint, False)
     os.environ["AWS_ENDPOINT_URL"] = endpoint  # every client below, and later ones, go to the local AWS
     base = boto3.Session(
@@ -63,17 +73,24 @@ def seed_into(endpoint: str, slack_api_url: str, slack_token: str) -> dict[str, 
         aws_secret_access_key=server.BOOTSTRAP_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
-    fleet_file = DEFAULT_RULES_DIR / "fleet.yaml"
+    # The demo's rules: the shipped rules/ with opsbot/local/rules/ laid over (its fleet, on-call, policy).
+    rules_dir = assemble(server.STATE_DIR / "rules")
+    os.environ["OPSBOT_RULES_DIR"] = str(rules_dir)  # the demo's in-process runtimes, like the CLI's below
+    fleet_file = rules_dir / "fleet.yaml"
     resources = hub.create_hub(base, slack_token=slack_token, fleet_text=fleet_file.read_text())
-    report = seeding.seed_fleet(base, load_fleet(fleet_file))
+    report = seeding.seed_fleet(
+        base, load_fleet(fleet_file), hub_template=hub_template, member_template=member_template
+    )
     # From here on moto checks every signature and IAM policy, as AWS would.
     server.set_enforce_iam(endpoint, True)
     return {
         "operator_keys": report.operator_keys,
+        "function_keys": report.function_keys,
         "hub_env": hub.hub_environment(
             resources,
             OPSBOT_SLACK_API_URL=slack_api_url,
             OPSBOT_SLACK_CHANNEL=SLACK_CHANNEL,
+            OPSBOT_RULES_DIR=str(rules_dir),
             **report.killswitch["killswitch_env"],
         ),
         "seed_lines": report.lines,

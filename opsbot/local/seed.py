@@ -1,10 +1,15 @@
 """Seed the local AWS with a realistic fleet: a hub and member accounts in several regions.
 
-Per member account: ``OpsBotExecutionRole`` granting exactly the actions template-member.yaml grants
-(so a call the code makes but the template forgot fails locally with AccessDenied, as it would on AWS).
+IAM (opsbot/local/seed_roles.py): every member account gets the roles of template-member.yaml, and
+the hub those of template.yaml (one per function, the operator's, ...), with the policies and trust
+parsed from the templates; the CLI and each handler then run as their own role, so a call the code
+makes but the template forgot fails locally with AccessDenied, as it would on AWS. The denied account's
+member stack trusts another hub, so the hub's AssumeRole into it is refused.
 Per member region: tagged and untagged instances with volumes, tagged and untagged volumes, and
 pre-existing snapshots: opsbot's own for the task, people's, and one registered to an AMI.
-The hub gets an operator user allowed into every member role but one, so a denied account shows.
+
+``create_member_role`` / ``create_operator`` below are the older, looser identities (action names on
+every resource, an IAM user for the hub) that in-process tests still use with moto's own IAM check.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -24,8 +30,10 @@ from automations.core.rulebook import DEFAULT_RULES_DIR
 from automations.core.schedules import slot_label
 from automations.core.tasks import load_tasks
 from opsbot.cfn import PROJECT_ROOT, load_template
+from opsbot.local.iam_roles import HUB_TEMPLATE, MEMBER_TEMPLATE
 from opsbot.local.seed_breaches import seed_breaches
 from opsbot.local.seed_killswitch import seed_killswitch
+from opsbot.local.seed_roles import create_hub_roles, create_member_roles
 from opsbot.local.seed_security import seed_security
 from opsbot.permissions import OPERATOR
 
@@ -40,21 +48,33 @@ class SeedReport:
     snapshots: int = 0
     images: int = 0
     operator_keys: dict[str, str] = field(default_factory=dict)
+    function_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # handler -> role session
     security: dict[str, Any] = field(default_factory=dict)
     killswitch: dict[str, Any] = field(default_factory=dict)
     breaches: dict[str, Any] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
 
-def member_role_actions() -> list[str]:
-    """Every action template-member.yaml grants OpsBotExecutionRole."""
+MEMBER_ROLE_PREFIX = "${RolePrefix}-"
+
+
+def member_role_actions() -> dict[str, list[str]]:
+    """capability -> every action template-member.yaml grants its role (``${RolePrefix}-<capability>``)."""
     template = load_template(PROJECT_ROOT / "template-member.yaml")
-    actions: set[str] = set()
-    for policy in template["Resources"]["OpsBotExecutionRole"]["Properties"].get("Policies", []):
-        for statement in policy["PolicyDocument"]["Statement"]:
-            found = statement["Action"]
-            actions.update([found] if isinstance(found, str) else found)
-    return sorted(actions)
+    roles: dict[str, list[str]] = {}
+    for resource in template["Resources"].values():
+        name = resource["Properties"].get("RoleName") if resource["Type"] == "AWS::IAM::Role" else None
+        if not (isinstance(name, dict) and str(name.get("Fn::Sub", "")).startswith(MEMBER_ROLE_PREFIX)):
+            continue
+        actions: set[str] = set()
+        for policy in resource["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                if statement["Effect"] != "Allow":
+                    continue
+                found = statement["Action"]
+                actions.update([found] if isinstance(found, str) else found)
+        roles[name["Fn::Sub"].removeprefix(MEMBER_ROLE_PREFIX)] = sorted(actions)
+    return roles
 
 
 def _policy(statements: list[dict[str, Any]]) -> str:
@@ -63,7 +83,7 @@ def _policy(statements: list[dict[str, Any]]) -> str:
 
 def _member_session(base: boto3.Session, fleet: Fleet, account: str) -> boto3.Session:
     creds = base.client("sts").assume_role(
-        RoleArn=fleet.role_arn(account), RoleSessionName="opsbot-seed", ExternalId=fleet.external_id or "seed"
+        RoleArn=fleet.role_arn(account, "seed"), RoleSessionName="opsbot-seed", ExternalId=fleet.external_id or "seed"
     )["Credentials"]
     return boto3.Session(
         aws_access_key_id=creds["AccessKeyId"],
@@ -74,6 +94,8 @@ def _member_session(base: boto3.Session, fleet: Fleet, account: str) -> boto3.Se
 
 
 def create_member_role(session: boto3.Session, fleet: Fleet, hub_account: str) -> None:
+    """For in-process tests: one role per capability granting its template actions on every resource.
+    The local AWS creates template-member.yaml's roles as they are instead (seed_roles.py)."""
     iam = session.client("iam")
     trust = _policy(
         [
@@ -85,16 +107,19 @@ def create_member_role(session: boto3.Session, fleet: Fleet, hub_account: str) -
             }
         ]
     )
-    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
-        iam.create_role(RoleName=fleet.role_name, AssumeRolePolicyDocument=trust)
-    iam.put_role_policy(
-        RoleName=fleet.role_name,
-        PolicyName="opsbot-member",
-        PolicyDocument=_policy([{"Effect": "Allow", "Action": member_role_actions(), "Resource": "*"}]),
-    )
+    for capability, actions in member_role_actions().items():
+        name = fleet.role_name(capability)
+        with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+            iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)
+        iam.put_role_policy(
+            RoleName=name,
+            PolicyName=f"opsbot-{capability}",
+            PolicyDocument=_policy([{"Effect": "Allow", "Action": actions, "Resource": "*"}]),
+        )
 
 
-# The local hub identity also stands in for the Slack endpoint when the demo presses a button, and moto
+# For in-process tests only (the local AWS runs the CLI and each handler as their template roles): this
+# user also stands in for the Slack endpoint, and without the local IAM shim (aws_shims.py item 6) moto
 # names a transaction's action after the API (dynamodb:TransactWriteItems) where AWS checks each item's.
 LOCAL_HUB_EXTRAS = frozenset({"sqs:SendMessage", "dynamodb:TransactWriteItems"})
 
@@ -105,7 +130,8 @@ def hub_actions() -> list[str]:
 
 
 def create_operator(session: boto3.Session, fleet: Fleet, allowed_accounts: list[str]) -> dict[str, str]:
-    """The hub identity the local CLI and demo use: the hub functions' permissions, nothing more."""
+    """An IAM user holding the operator's permissions (opsbot/permissions.py) on every resource: the
+    hub identity of in-process tests. The local AWS uses template.yaml's OperatorRole instead."""
     iam = session.client("iam")
     with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
         iam.create_user(UserName=OPERATOR_USER)
@@ -117,7 +143,7 @@ def create_operator(session: boto3.Session, fleet: Fleet, allowed_accounts: list
                 {
                     "Effect": "Allow",
                     "Action": "sts:AssumeRole",
-                    "Resource": [fleet.role_arn(a) for a in allowed_accounts],
+                    "Resource": [fleet.role_arn(a, c) for a in allowed_accounts for c in member_role_actions()],
                 },
                 {"Effect": "Allow", "Action": hub_actions(), "Resource": "*"},
             ]
@@ -249,16 +275,25 @@ def seed_dr_keys(members: dict[str, boto3.Session], tasks: dict[str, TaskDefinit
     return made
 
 
-def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") -> SeedReport:
-    """Build the fleet. ``base`` uses the bootstrap keys, i.e. moto's default account (the hub)."""
+def seed_fleet(
+    base: boto3.Session,
+    fleet: Fleet,
+    task: str = "snapshot-daily",
+    *,
+    hub_template: Path = HUB_TEMPLATE,
+    member_template: Path = MEMBER_TEMPLATE,
+) -> SeedReport:
+    """Build the fleet. ``base`` uses the bootstrap keys, i.e. moto's default account (the hub).
+    The templates' roles come from ``hub_template`` and ``member_template`` (tests pass edited copies)."""
     hub_account = base.client("sts").get_caller_identity()["Account"]
     report = SeedReport()
     allowed = []
     members: dict[str, boto3.Session] = {}
     for account in fleet.accounts:
         member = members[account.id] = _member_session(base, fleet, account.id)
-        create_member_role(member, fleet, hub_account)
-        if account.name != DENIED_ACCOUNT_NAME:
+        denied = account.name == DENIED_ACCOUNT_NAME
+        create_member_roles(member, fleet, account, hub_account, denied=denied, template=member_template)
+        if not denied:
             allowed.append(account.id)
         for region in account.regions:
             seed_region(member, account.name, region, task, report)
@@ -271,6 +306,12 @@ def seed_fleet(base: boto3.Session, fleet: Fleet, task: str = "snapshot-daily") 
     report.lines.append(report.killswitch["line"])
     report.breaches = seed_breaches(members, fleet)
     report.lines.append(report.breaches["line"])
-    report.operator_keys = create_operator(base, fleet, allowed)
-    report.lines.append(f"hub {hub_account}: operator {OPERATOR_USER} may assume the role in {len(allowed)} accounts")
+    identities = create_hub_roles(base, fleet, hub_template)
+    report.operator_keys = identities.operator
+    report.function_keys = identities.functions
+    report.lines.append(
+        f"hub {hub_account}: {len(identities.roles)} roles from template.yaml ({len(identities.functions)} "
+        f"functions, the operator's); their member roles trust the hub in {len(allowed)} of "
+        f"{len(fleet.accounts)} accounts"
+    )
     return report
