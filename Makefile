@@ -74,7 +74,7 @@ package:
 	rm -rf build/lambda && mkdir -p build/lambda
 	cp -r automations handlers rules build/lambda/
 	cp requirements-lambda.txt build/lambda/requirements.txt
-	$(MAKE) --no-print-directory install && $(BIN)/python -m automations.security_groups.compiled build/lambda/rules
+	$(MAKE) --no-print-directory install && $(BIN)/python -m automations.compiled_rules build/lambda/rules
 	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
 	$(BIN)/opsbot check-package build/lambda  # refuses the local demo's ids (opsbot/local/rules/)
 

@@ -43,7 +43,11 @@ def __getattr__(name: str) -> Any:
 def traced(function: Any) -> Any:
     """``tracer.capture_lambda_handler`` only when tracing is on: Powertools' Tracer imports the X-Ray SDK
     even when tracing is off, a cost every cold start would pay."""
-    return globals()["tracer"].capture_lambda_handler(function) if tracing_enabled() else function
+    # ``__getattr__`` makes the tracer on first use: a plain globals() lookup would not call it.
+    if not tracing_enabled():
+        return function
+    made = globals().get("tracer") or __getattr__("tracer")
+    return made.capture_lambda_handler(function)
 
 
 def tracing_enabled() -> bool:

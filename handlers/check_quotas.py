@@ -77,8 +77,10 @@ def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     scheduled = ScheduleEvent.parse(event, "check")  # InputError: the execution fails (PlanFailed, alarmed)
     planned = plan_check(rt.ledger, rt.fleet, rules(), scheduled.job, scheduled.trigger(), scheduled.time)
-    result = {**planned.as_dict(), "batches": batches(planned, units_per_batch())}
-    logger.info("planned check", extra={"run_id": result["run_id"], "units": len(result["units"])})
+    # The units once, in their batches: the state payload (256 KB) and this idempotency record carry them.
+    result = {k: v for k, v in planned.as_dict().items() if k != "units"}
+    result["batches"] = batches(planned, units_per_batch())
+    logger.info("planned check", extra={"run_id": result["run_id"], "units": len(planned.units)})
     return result
 
 
@@ -89,32 +91,22 @@ def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """One unit (``Unit.as_dict``), or a batch ``{"units": [...]}``: its summaries as ``{"units": [...]}``."""
     rt = runtime()
     deadline = Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS)
-    checks, alerts, notify = rules(), book(), notifier()
+    context_of_units: dict[str, Any] = {
+        "rules": rules(),
+        "fleet": rt.fleet,
+        "broker": rt.broker,
+        "ledger": rt.ledger,
+        "book": book(),
+        "notifier": notifier(),
+        "deadline": deadline,
+    }
     if isinstance(event, dict) and "units" in event:
         if not isinstance(event["units"], list):
             raise InputError("unit batch", "units", "not a list")
-        summaries = run_check_batch(
-            [Unit.from_dict(u) for u in event["units"]],
-            rules=checks,
-            fleet=rt.fleet,
-            broker=rt.broker,
-            ledger=rt.ledger,
-            book=alerts,
-            notifier=notify,
-            deadline=deadline,
-        )
+        summaries = run_check_batch([Unit.from_dict(u) for u in event["units"]], **context_of_units)
         _emit(summaries)
         return {"units": summaries}
-    summary = run_check_unit(
-        Unit.from_dict(event),
-        rules=checks,
-        fleet=rt.fleet,
-        broker=rt.broker,
-        ledger=rt.ledger,
-        book=alerts,
-        notifier=notify,
-        deadline=deadline,
-    )
+    summary = run_check_unit(Unit.from_dict(event), **context_of_units)
     _emit([summary])
     return summary
 

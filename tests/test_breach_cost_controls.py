@@ -131,9 +131,10 @@ def test_a_quiet_account_costs_one_metric_and_reservations_are_kept_between_chec
     later = now + timedelta(minutes=5)
     second = unit_of(ledger, run_check("lambda-concurrency", fleet, broker, ledger, book, inbox, later))
     # One metric: ledger-sync was far below its reservation, so it waits (15 minutes); which functions
-    # are reserved is kept from the first check.
+    # are reserved is kept from the first check (only ledger-sync's reservation is read again, and it
+    # still makes up the account's reserved total).
     assert second["metrics"] == 1 and second["counts"]["relaxed"] == 1
-    assert "reservations_read" not in second["counts"] and second["counts"]["reserved_functions"] == 1
+    assert second["counts"]["reservations_read"] == 1 and second["counts"]["reserved_functions"] == 1
     assert inbox.alerts() == []
 
     # A new reservation changes the account's reserved total: read again at once, and watched.
@@ -293,3 +294,48 @@ def test_quotas_far_below_are_read_every_six_hours_over_the_whole_gap(
     relaxed = memos["service-quotas"]["relaxed"]
     assert relaxed.pop(quota_key("ec2", "L-DB2E81BA")) == iso(later)  # G instances
     assert relaxed and all(since == iso(start + timedelta(hours=6)) for since in relaxed.values())
+
+
+def test_a_reservation_moved_to_another_function_is_watched_at_once(member_lambda, fleet, broker, ledger, book, inbox):
+    """The account's reserved total stays the same when a reservation moves between functions: the kept
+    list is checked against it (re-read), so the function that now holds it is measured, against its own."""
+    lam, iam, cw = member_lambda["lambda"], member_lambda["iam"], member_lambda["cloudwatch"]
+    create_function(lam, iam, "ledger-sync", reserved=100)
+    create_function(lam, iam, "payments-batch")
+    now = datetime.now(UTC)
+    account_usage(cw, minutes_ago(now, 2), total=20, unreserved=15, claimed=115)
+    function_usage(cw, minutes_ago(now, 2), **{"ledger-sync": 5, "payments-batch": 15})
+    run_check("lambda-concurrency", fleet, broker, ledger, book, inbox, now)
+    assert inbox.alerts() == []
+
+    lam.put_function_concurrency(FunctionName="ledger-sync", ReservedConcurrentExecutions=50)
+    lam.put_function_concurrency(FunctionName="payments-batch", ReservedConcurrentExecutions=50)  # total: 100
+    later = now + timedelta(minutes=5)
+    account_usage(cw, minutes_ago(later, 2), total=50, unreserved=0, claimed=100)
+    function_usage(cw, minutes_ago(later, 2), **{"ledger-sync": 5, "payments-batch": 45})
+    unit = unit_of(ledger, run_check("lambda-concurrency", fleet, broker, ledger, book, inbox, later))
+    assert unit["counts"]["reserved_functions"] == 2
+    (alert,) = inbox.alerts()
+    assert alert["title"] == "Warning: Lambda function payments-batch concurrency at 90.0% in payments-prod/us-east-1"
+
+
+def test_a_relaxed_function_is_read_at_once_when_the_accounts_peak_could_be_its_breach(
+    member_lambda, fleet, broker, ledger, book, inbox
+):
+    """The cadence waits only while the account's own peak clears the function: once the account runs as
+    many as the function's near threshold, the function is read now, not after its 15 minutes."""
+    lam, iam, cw = member_lambda["lambda"], member_lambda["iam"], member_lambda["cloudwatch"]
+    create_function(lam, iam, "ledger-sync", reserved=100)
+    now = datetime.now(UTC)
+    # Without ClaimedAccountConcurrency the account's total is read first, and bounds every function.
+    account_usage(cw, minutes_ago(now, 2), total=30, unreserved=25, claimed=None)
+    function_usage(cw, minutes_ago(now, 2), **{"ledger-sync": 5})
+    run_check("lambda-concurrency", fleet, broker, ledger, book, inbox, now)  # 5 of 100: relaxed
+
+    later = now + timedelta(minutes=5)
+    account_usage(cw, minutes_ago(later, 2), total=95, unreserved=5, claimed=None)
+    function_usage(cw, minutes_ago(later, 2), **{"ledger-sync": 90})
+    unit = unit_of(ledger, run_check("lambda-concurrency", fleet, broker, ledger, book, inbox, later))
+    assert unit["counts"]["functions_read"] == 1 and "relaxed" not in unit["counts"]
+    (alert,) = inbox.alerts()
+    assert alert["title"] == "Warning: Lambda function ledger-sync concurrency at 90.0% in payments-prod/us-east-1"

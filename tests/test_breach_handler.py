@@ -48,6 +48,11 @@ def handler(shimmed, hub_session, inbox, tmp_path, monkeypatch) -> Any:
     clear()
 
 
+def units_of(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's units, as the Map hands them out: each batch's."""
+    return [u for batch in plan["batches"] for u in batch["units"]]
+
+
 def scheduler_input(check: str, when: datetime, execution_id: str) -> dict[str, Any]:
     """What EventBridge Scheduler sends (template.yaml Target.Input, context attributes filled in)."""
     return {"check": check, "id": execution_id, "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -59,13 +64,13 @@ def test_plan_units_close_with_retries_and_duplicates(handler, broker, inbox):
     plan = handler.plan(scheduler_input("lambda-concurrency", now, "d32c5kddcf5bb8c3"), FakeLambdaContext())
     # Scheduler retries the same scheduled time with another execution id: the same plan comes back.
     again = handler.plan(scheduler_input("lambda-concurrency", now, "e41d6leedg6cc9d4"), FakeLambdaContext())
-    assert again["run_id"] == plan["run_id"] and len(plan["units"]) == 4
-    assert [u["primary"] for u in plan["units"]] == [True, False, True, False]
+    assert again["run_id"] == plan["run_id"] and len(units_of(plan)) == 4
+    assert [u["primary"] for u in units_of(plan)] == [True, False, True, False]
 
     # The Map's items: batches of units, one invocation each (here all four in one batch).
-    assert [len(b["units"]) for b in plan["batches"]] == [4] and plan["batches"][0]["units"] == plan["units"]
+    assert [len(b["units"]) for b in plan["batches"]] == [4] and "units" not in plan  # once, in the batches
     first = handler.unit(plan["batches"][0], FakeLambdaContext())["units"]
-    retried = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]  # one unit alone is still accepted
+    retried = [handler.unit(u, FakeLambdaContext()) for u in units_of(plan)]  # one unit alone is still accepted
     assert [r["status"] for r in first + retried] == ["SUCCEEDED"] * 8
     assert sum(r["counts"].get("opened", 0) for r in first) == 1
     assert sum(r["counts"].get("opened", 0) for r in retried) == 0
@@ -84,13 +89,13 @@ def test_plan_units_close_with_retries_and_duplicates(handler, broker, inbox):
 def test_close_after_a_lost_unit_opens_its_cannot_check_alert(handler, inbox):
     now = datetime.now(UTC)
     plan = handler.plan(scheduler_input("service-quotas", now, "a1"), FakeLambdaContext())
-    for unit in plan["units"][1:]:
+    for unit in units_of(plan)[1:]:
         handler.unit(unit, FakeLambdaContext())
     error = {"Error": "States.Timeout", "Cause": "Map timed out"}
     closed = handler.close({"run_id": plan["run_id"], "error": error}, FakeLambdaContext())
     assert closed["status"] == "PARTIAL"
     (alert,) = inbox.alerts()
-    lost = plan["units"][0]
+    lost = units_of(plan)[0]
     assert alert["kind"] == "breach-check-failed"
     assert alert["data"]["account"] == lost["account"] and alert["data"]["region"] == lost["region"]
     assert "no result recorded (States.Timeout)" in alert["summary"]
@@ -103,5 +108,5 @@ def test_close_after_a_lost_unit_opens_its_cannot_check_alert(handler, inbox):
 
 def test_unit_near_its_time_limit_does_not_start(handler):
     plan = handler.plan(scheduler_input("service-quotas", datetime.now(UTC), "b2"), FakeLambdaContext())
-    summary = handler.unit(plan["units"][0], FakeLambdaContext(remaining_ms=10_000))
+    summary = handler.unit(units_of(plan)[0], FakeLambdaContext(remaining_ms=10_000))
     assert summary["status"] == "PARTIAL" and summary["error"] == "not started: the time limit was near"

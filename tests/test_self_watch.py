@@ -124,6 +124,8 @@ def test_a_scheduled_canary_is_forwarded_routed_and_recorded_once(hub_session, h
         Rule=forward["Name"],
         Targets=[{"Id": "opsbot-hub-bus", "Arn": f"arn:aws:events:{member.region_name}:{HUB}:event-bus/default"}],
     )
+    from handlers import heartbeat as module  # before freeze_time: a module first imported inside keeps its fakes
+
     with freeze_time(T0):
         scheduled_canary(member, T0)
         seen: list[tuple[str, dict[str, Any]]] = []
@@ -132,8 +134,6 @@ def test_a_scheduled_canary_is_forwarded_routed_and_recorded_once(hub_session, h
             # moto's SQS target leaves the envelope's account out; EventBridge always sets it (the sender's).
             event.setdefault("account", ACCOUNT_A)
             seen.append((handler, event))
-            from handlers import heartbeat as module
-
             return module.handler(event, FakeLambdaContext())
 
         delivered = router.deliver(invoke)
@@ -363,3 +363,16 @@ def test_a_failed_notification_is_counted_as_a_metric(hub_session, handlers_env,
     handlers_env.reset()
     assert handlers_env.notifier().send(alert) == []
     assert [e for e in emf_lines(capsys.readouterr().out) if NOTIFICATION_FAILURES_METRIC in e] == []
+
+
+def test_a_deaf_hub_is_not_declared_recovered_by_a_fleet_it_has_not_heard(ledger, fleet, inbox):
+    """Fail closed: while deaf, only a heartbeat read within its allowance is a recovery; a fleet replaced
+    by accounts never heard from (nothing to read) keeps the hub deaf, with no new grace for anyone."""
+    w = watch(ledger, fleet, inbox)
+    for account, region in fleet.targets():
+        beat(ledger, account, region, T0)
+    assert check_at(T0 + timedelta(minutes=20), w) == [("hub", "all", "silent")]
+    inbox.alerts()
+    w.fleet = Fleet((MemberAccount("999999999999", "new", ("us-east-1",)),), external_id=EXTERNAL_ID)
+    assert check_at(T0 + timedelta(minutes=40), w) == []
+    assert inbox.alerts() == []

@@ -111,20 +111,34 @@ def test_the_compile_step_fails_the_build_on_a_bad_rules_file(tmp_path, capsys):
 
 
 def test_the_make_package_step_compiles_the_packaged_rules(tmp_path):
-    """`make package` runs the compile step on build/lambda/rules: the shipped rules compile cleanly."""
+    """`make package` runs the compile step on build/lambda/rules: the shipped rules compile cleanly, and
+    the Slack endpoint then reads oncall.yaml without YAML or JSON-schema."""
     rules = tmp_path / "rules"
     rules.mkdir()
-    for name in ("fleet.yaml", "security_groups.yaml"):
+    for name in ("fleet.yaml", "security_groups.yaml", "oncall.yaml", "kill_switches.yaml"):
         (rules / name).write_text((ROOT_RULES / name).read_text())
     out = subprocess.run(
-        [sys.executable, "-m", "automations.security_groups.compiled", str(rules)],
+        [sys.executable, "-m", "automations.compiled_rules", str(rules)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     )
-    assert out.stdout.count("compiled ") == 2
-    assert "automations.security_groups.compiled" in (ROOT / "Makefile").read_text()
+    assert out.stdout.count("compiled ") == 4
+    assert "automations.compiled_rules" in (ROOT / "Makefile").read_text()
+    probe = (
+        "import sys\n"
+        "from automations.kill_switches.slack_buttons import load_oncall\n"
+        "for m in ('yaml', 'jsonschema'):\n"
+        "    sys.modules.pop(m, None)\n"
+        f"print(load_oncall({str(rules / 'oncall.yaml')!r}), [m for m in ('yaml', 'jsonschema') if m in sys.modules])\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "OnCall(users=frozenset(), user_groups=()) []"
+    (rules / "oncall.yaml").write_text("users: [U0EDITED]\n")  # edited after packaging: validated again
+    from automations.kill_switches.slack_buttons import load_oncall
+
+    assert load_oncall(rules / "oncall.yaml").users == frozenset({"U0EDITED"})
 
 
 # ---- only the path's modules ----------------------------------------------------------------------------
@@ -252,3 +266,20 @@ def test_the_handler_on_compiled_rules_revokes_and_exempts_as_before(sg, tmp_pat
     assert revoked["counts"]["revoked"] == 1 and sg.rules(open_group) == []
     assert exempt["counts"]["exempt"] == 1 and len(sg.rules(exempt_group)) == 1
     assert len(sg.slack.messages()) == 2
+
+
+def test_with_tracing_on_as_in_lambda_every_handler_imports(tmp_path):
+    """On Lambda (LAMBDA_TASK_ROOT set, Tracing: Active) ``traced`` makes the tracer: every handler module
+    must import and wrap its handler, not only with tracing off as elsewhere in the tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_TRACE", "LAMBDA_", "AWS_LAMBDA_"))}
+    env.update(LAMBDA_TASK_ROOT=str(ROOT), AWS_DEFAULT_REGION=REGION, AWS_XRAY_CONTEXT_MISSING="IGNORE_ERROR")
+    probe = (
+        "import importlib, pathlib\n"
+        "for path in sorted(pathlib.Path('handlers').glob('[a-z]*.py')):\n"
+        "    importlib.import_module(f'handlers.{path.stem}')\n"
+        "import handlers._wiring as w\n"
+        "print(type(w.tracer).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "Tracer"

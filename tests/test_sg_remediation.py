@@ -415,3 +415,19 @@ def test_ipv6_halves_of_the_world_are_the_world(sg):
     created = sg.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=perms)["SecurityGroupRules"]
     result = sg.handle(readdress(event, ACCOUNT_A, REGION, group, created))
     assert result["counts"]["revoked"] == len(created) and sg.rules(group) == []
+
+
+def test_a_notifier_that_cannot_be_built_after_the_revoke_loses_neither_record_nor_announcement(sg):
+    """The Slack token is read only after the revoke; if that read fails, the revoke is still recorded
+    and its announcement waits in the outbox for the sweeper (on-call is told, later)."""
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+
+    def broken() -> Any:
+        raise RuntimeError("secretsmanager: throttled")
+
+    result = handle_event(event, sg.broker, POLICY, sg.ledger, broken, clock=lambda: NOW)
+    assert result["counts"]["revoked"] == 1 and sg.rules(group) == []
+    assert sg.ledger.get_run(result["run_id"])["status"] == "SUCCEEDED"
+    (entry,) = [i for i in sg.ledger.table.scan()["Items"] if i["pk"] == f"OUTBOX#sg#{event['id']}"]
+    assert entry.get("pending_pk") == "OUTBOX"  # not delivered yet: the sweeper will

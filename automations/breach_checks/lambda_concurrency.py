@@ -119,8 +119,10 @@ def _reservations(
     functions: Mapping[str, Any] | None,
 ) -> tuple[dict[str, tuple[int, str]], dict[str, Any]]:
     """Which functions have reserved concurrency: none when GetAccountSettings leaves the whole limit
-    unreserved; the memo's list while the reserved total is unchanged and it is younger than the
-    refresh interval; else read (every function: GetFunctionConcurrency)."""
+    unreserved; the memo's functions while it is younger than the refresh interval and their reservations,
+    read again now, still add up to the account's reserved total (then no other function holds any: a
+    reservation moved to another function, or changed, is never measured against a stale list); else
+    read (every function: GetFunctionConcurrency)."""
     if reserved_total <= 0:
         return {}, {"reserved_total": 0}
     kept = memo.get("reservations")
@@ -131,7 +133,9 @@ def _reservations(
         and read_at
         and now - parse_time(str(read_at)) < timedelta(minutes=rules.reservations_refresh_minutes)
     ):
-        return {str(k): (int(v[0]), str(v[1])) for k, v in kept.items()}, dict(memo)
+        current = _read_reservations(lam, {str(k): {"FunctionArn": v[1]} for k, v in kept.items()}, counts)
+        if sum(value for value, _ in current.values()) == reserved_total:
+            return current, dict(memo)
     reserved = _read_reservations(lam, functions if functions is not None else _list_functions(lam), counts)
     fresh = {
         "reserved_total": reserved_total,
@@ -263,8 +267,10 @@ def measure_lambda_concurrency(
             if account_read and function_key(name) not in open_keys and _pct(account_peak, value) < near_function:
                 continue  # the account's peak clears it (measured below at that bound)
             reach = _reach(relaxed.get(name), now, rules, open_keys, function_key(name))
-            if reach:
-                windows[name] = reach
+            # The account's peak does not clear it: it may be breaching now, whatever its last reading was.
+            may_breach = account_read and _pct(account_peak, value) >= near_function
+            if reach or may_breach:
+                windows[name] = reach or lookback
             else:
                 deferred.add(name)  # far below its reservation at its last reading: read later
     by_window: dict[int, list[MetricQuery]] = {lookback: first} if first else {}

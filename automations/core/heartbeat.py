@@ -189,9 +189,12 @@ class HeartbeatWatch:
             for found in (known.get(t) for t in targets)
             if found is not None and (seen := _time(found.get("last_seen"))) is not None
         ]
-        deaf = bool(heard) and all(now - seen > interval * MISSED_INTERVALS for seen, interval in heard)
         made: list[Change] = []
         was_deaf = (hub.get("state") or OK) == SILENT
+        within = [seen for seen, interval in heard if now - seen <= interval * MISSED_INTERVALS]
+        # Deaf: every member heard from is overdue. Once deaf, only a heartbeat actually read within its
+        # allowance brings the hub back (fail closed: nothing readable is not a recovery).
+        deaf = (not within) if was_deaf else (bool(heard) and not within)
         if deaf != was_deaf:
             newest = max(seen for seen, _ in heard) if heard else None
             alert = hub_deaf_alert(len(heard), newest, now) if deaf else hub_back_alert(hub)

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from automations.core import compiled
 from automations.core.boundary import (
     ACCOUNT_ID,
     REGION,
@@ -40,6 +41,7 @@ from automations.core.rulebook import (
     load_schema,
     validate_document,
 )
+from automations.kill_switches import kinds as kinds_module
 from automations.kill_switches.kinds import SWITCH_KINDS
 from automations.kill_switches.protection import DEFAULT_TAG, Protection
 from automations.kill_switches.switchboard import Actor, Result, Switchboard, Target
@@ -86,10 +88,30 @@ def _checks(doc: LoadedDocument) -> list[Problem]:
     return problems
 
 
+# What a compiled kill_switches.yaml depends on besides its text (core/compiled.py): its schema, this
+# loader, and the kinds (their names are the target prefixes the schema admits).
+POLICIES_COMPILED_FROM = (SCHEMA, Path(__file__), Path(kinds_module.__file__))
+
+
 def load_policies(path: str | Path, text: str | None = None) -> KillSwitchRules:
+    """The Slack endpoint and the policy function read the form `make package` compiled when it was
+    compiled from exactly this text (no YAML or JSON-schema at cold start); otherwise it validates."""
+    if text is None:
+        text = Path(path).read_text(encoding="utf-8")
+    if (value := compiled.read(path, text, *POLICIES_COMPILED_FROM)) is not None:
+        return rules_from_data(value)
+    return rules_from_data(validated_policies(path, text))
+
+
+def validated_policies(path: str | Path, text: str) -> dict[str, Any]:
+    """The file's data, valid (``RulebookError`` with every problem as file:line otherwise)."""
     doc = load_document(path, text)
     validate_document(doc, policies_schema(), [_checks])
-    protected = doc.data.get("protected") or {}
+    return dict(doc.data)
+
+
+def rules_from_data(data: Mapping[str, Any]) -> KillSwitchRules:
+    protected = data.get("protected") or {}
     return KillSwitchRules(
         policies=tuple(
             Policy(
@@ -100,7 +122,7 @@ def load_policies(path: str | Path, text: str | None = None) -> KillSwitchRules:
                 account=p.get("account"),
                 region=p.get("region"),
             )
-            for p in doc.data["policies"]
+            for p in data["policies"]
         ),
         protection=Protection.of(protected.get("targets", ()), protected.get("tag", DEFAULT_TAG)),
     )

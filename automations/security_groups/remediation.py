@@ -349,7 +349,15 @@ def handle_event(
 
 
 def _resolve(notifier: Notifier | Callable[[], Notifier | None] | None) -> Notifier | None:
-    return notifier if notifier is None or isinstance(notifier, Notifier) else notifier()
+    """The notifier, asked for after opsbot acted. If building it fails (the Slack token read), the record
+    and its announcement are still written: the outbox keeps it and the sweeper delivers it later."""
+    if notifier is None or isinstance(notifier, Notifier):
+        return notifier
+    try:
+        return notifier()
+    except Exception:
+        log.exception("the notifier could not be built; the announcement waits in the outbox")
+        return None
 
 
 def tell(rem: Remediation, ledger: Ledger, notifier: Notifier | None, now: datetime) -> dict[str, Any]:
