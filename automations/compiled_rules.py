@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 from automations.core import compiled
-from automations.core.rulebook import RulebookError, load_document, validate_document
 from automations.kill_switches.policies import POLICIES_COMPILED_FROM, validated_policies
-from automations.kill_switches.slack_buttons import ONCALL_COMPILED_FROM, ONCALL_SCHEMA
+from automations.kill_switches.slack_buttons import ONCALL_COMPILED_FROM, validated_oncall
 from automations.security_groups import compiled as security_groups
 
 
@@ -30,23 +29,12 @@ def compile_rules(rules_dir: Path) -> list[Path]:
     oncall = rules_dir / "oncall.yaml"
     if oncall.exists():
         text = oncall.read_text(encoding="utf-8")
-        doc = load_document(oncall, text)
-        validate_document(doc, ONCALL_SCHEMA)
-        written.append(compiled.write(oncall, text, doc.data, *ONCALL_COMPILED_FROM))
+        written.append(compiled.write(oncall, text, validated_oncall(oncall, text), *ONCALL_COMPILED_FROM))
     return written
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m automations.compiled_rules <rules dir>", file=sys.stderr)
-        return 2
-    try:
-        for path in compile_rules(Path(argv[0])):
-            print(f"compiled {path}")
-    except RulebookError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
+    return compiled.command(argv, "automations.compiled_rules", compile_rules)
 
 
 if __name__ == "__main__":

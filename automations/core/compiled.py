@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,20 @@ def write(source: str | Path, text: str, value: Any, *depends_on: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"digest": digest(text, depends_on), "value": value}, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def command(argv: list[str], module: str, compile_rules: Callable[[Path], list[Path]]) -> int:
+    """``python -m <module> <rules dir>``: compile, print each file written; a rules problem fails the build
+    with every problem as ``file:line: message``."""
+    from automations.core.rulebook import RulebookError
+
+    if len(argv) != 1:
+        print(f"usage: python -m {module} <rules dir>", file=sys.stderr)
+        return 2
+    try:
+        for path in compile_rules(Path(argv[0])):
+            print(f"compiled {path}")
+    except RulebookError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0

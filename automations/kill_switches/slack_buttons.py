@@ -92,9 +92,14 @@ def load_oncall(path: str | Path, text: str | None = None) -> OnCall:
         text = Path(path).read_text(encoding="utf-8")
     if (value := compiled.read(path, text, *ONCALL_COMPILED_FROM)) is not None:
         return oncall_from_data(value)
+    return oncall_from_data(validated_oncall(path, text))
+
+
+def validated_oncall(path: str | Path, text: str) -> dict[str, Any]:
+    """The file's data, valid (``RulebookError`` with every problem as file:line otherwise)."""
     doc = load_document(path, text)
     validate_document(doc, ONCALL_SCHEMA)
-    return oncall_from_data(doc.data)
+    return dict(doc.data)
 
 
 ONCALL_FILE = RuleFile("oncall.yaml", load_oncall)

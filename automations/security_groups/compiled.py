@@ -14,7 +14,7 @@ from pathlib import Path
 
 from automations.core import compiled
 from automations.core.fleet import FLEET_COMPILED_FROM, fleet_from_document, fleet_to_dict
-from automations.core.rulebook import RulebookError, load_document
+from automations.core.rulebook import load_document
 from automations.security_groups.policy import POLICY_COMPILED_FROM, policy_from_document, policy_to_dict
 
 
@@ -34,16 +34,7 @@ def compile_rules(rules_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m automations.security_groups.compiled <rules dir>", file=sys.stderr)
-        return 2
-    try:
-        for path in compile_rules(Path(argv[0])):
-            print(f"compiled {path}")
-    except RulebookError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
+    return compiled.command(argv, "automations.security_groups.compiled", compile_rules)
 
 
 if __name__ == "__main__":
