@@ -55,13 +55,14 @@ def housekeeping(rt: Runtime, notifier: Notifier | None) -> SweepResult:
         rt.ledger,
         notifier,
         {
-            "task runs": lambda: reap_task_runs(rt.ledger, notifier, rules=rt.rules),
+            "task runs": lambda: reap_task_runs(rt.ledger, notifier, rules=rt.rules, manifests=rt.manifests),
             "check runs": lambda: reap_check_runs(
                 rt.ledger,
                 rules=lambda: rt.rules.get(QUOTAS_FILE),
                 fleet=rt.fleet,
                 book=AlertBook(rt.ledger.table),
                 notifier=notifier,
+                manifests=rt.manifests,
             ),
             "heartbeats": watch_heartbeats,
         },

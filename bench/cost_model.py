@@ -5,8 +5,10 @@ It starts the local AWS (moto server with opsbot/local/aws_shims.py), seeds the 
 security groups, an account at 85% of its Lambda concurrency, a quota at 96%) plus the functions the
 assumptions below name, and then, in a process of its own, runs every scheduled job the way AWS runs
 it: the Plan, Unit and Close *handlers* named in template.yaml (found from each state machine's
-DefinitionSubstitutions), one Unit invocation per item of the Map the state machine's ASL iterates,
-and the sweeper. Every botocore client of that process is instrumented with event hooks
+DefinitionSubstitutions), with the inputs the ASL builds: Plan puts the run's units in S3, the
+Distributed Map's ItemReader reads them back, its ItemSelector (and ItemBatcher, for the checks) makes
+each child execution's input, one Unit invocation per child; its ResultWriter's files go to S3 and their
+place to Close. And the sweeper. Every botocore client of that process is instrumented with event hooks
 (``before-parameter-build``, ``request-created``, ``after-call``) that count, per invocation and per
 (account, region) unit:
 
@@ -14,10 +16,14 @@ and the sweeper. Every botocore client of that process is instrumented with even
   - GetMetricData metrics (MetricStat queries: what CloudWatch bills, to the member account);
   - DynamoDB write and read request units from the item sizes on the wire (DynamoDB's size rules;
     an UpdateItem is sized by reading the item back with an uncounted client; transactions x2);
-  - SNS publishes; log bytes and EMF metrics from what the handlers print (Powertools Logger/Metrics).
+  - SNS publishes; log bytes and EMF metrics from what the handlers print (Powertools Logger/Metrics);
+  - S3 requests: the handlers' (Plan's PUT of the manifest, Close's GETs) and the Map's own (ItemReader,
+    ResultWriter), made here as Step Functions makes them.
 
-Step Functions are costed from the ASL of the state machine in template.yaml: Standard state
-transitions by walking the definition with the counted Map items, Express by requests and duration.
+Step Functions are costed from the ASL of the state machine in template.yaml: the Standard parent by
+its state transitions (a Distributed Map state is one, whatever the fleet's size), each child execution
+of the Map as its own type: Standard by the transitions of its ItemProcessor, Express by a request and
+its duration (the unit invocation of its batch).
 Quiet and "hot" (near or over a threshold) units are costed apart and mixed by the assumed alert rate.
 The result is multiplied by the schedules and by us-east-1 list prices (free tiers ignored).
 
@@ -53,6 +59,8 @@ PRICES = {
     "sfn_standard_transition": 0.025 / 1000,
     "sfn_express_request": 1.00 / 1e6,
     "sfn_express_gb_s": 0.00001667,  # per GB-second, billed in 64 MB and 100 ms steps
+    "s3_put": 0.005 / 1000,  # PUT, COPY, POST, LIST requests (S3 Standard)
+    "s3_get": 0.0004 / 1000,  # GET and all other requests
     "ddb_wru": 0.625 / 1e6,  # on-demand write request unit
     "ddb_rru": 0.125 / 1e6,  # on-demand read request unit
     "ddb_storage_gb_month": 0.25,
@@ -101,6 +109,7 @@ LATENCY_MS = {
     "secretsmanager": 30,
     "kms": 30,
     "events": 60,
+    "s3": 30,  # the run's manifest (Plan puts it, Close reads it back) and the Map's results (Close)
 }
 DEFAULT_LATENCY_MS = 60
 
@@ -174,6 +183,8 @@ class Usage:
     wru: float = 0.0
     rru: float = 0.0
     sns: int = 0
+    s3_put: int = 0
+    s3_get: int = 0
     stored: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (table, pk, sk) -> byte-months
 
     def add(self, other: Usage) -> None:
@@ -184,6 +195,8 @@ class Usage:
         self.wru += other.wru
         self.rru += other.rru
         self.sns += other.sns
+        self.s3_put += other.s3_put
+        self.s3_get += other.s3_get
         self.stored.update(other.stored)
 
     def as_dict(self) -> dict[str, Any]:
@@ -194,6 +207,8 @@ class Usage:
             "wru": self.wru,
             "rru": self.rru,
             "sns": self.sns,
+            "s3_put": self.s3_put,
+            "s3_get": self.s3_get,
             "stored_byte_months": sum(self.stored.values()),
         }
 
@@ -257,6 +272,10 @@ class Meter:
                     usage.gmd_metrics += sum(1 for q in params.get("MetricDataQueries", []) if "MetricStat" in q)
                 if service == "sns" and model.name in ("Publish", "PublishBatch"):
                     usage.sns += len(params.get("PublishBatchRequestEntries", [])) or 1
+                if service == "s3":
+                    write = model.name.startswith(("Put", "Copy", "Post", "List", "Create", "Complete", "Upload"))
+                    usage.s3_put += int(write)
+                    usage.s3_get += int(not write)
 
         events.register("before-parameter-build", before)
         if service == "dynamodb":
@@ -401,14 +420,18 @@ def _machine(template: dict[str, Any], logical: str) -> dict[str, Any]:
     props = template["Resources"][logical]["Properties"]
     subs = props["DefinitionSubstitutions"]
     asl = load_template(ROOT / props["DefinitionUri"])
-    run_units = next(s for s in asl["States"].values() if s["Type"] == "Map")
-    plan_state = next(s for s in asl["States"].values() if s.get("Next") and "ResultSelector" in s)
-    items_key = run_units["ItemsPath"].removeprefix("$.plan.")
-    payload_key = plan_state["ResultSelector"][f"{items_key}.$"].removeprefix("$.Payload.")
+    map_name, run_units = next((k, s) for k, s in asl["States"].items() if s["Type"] == "Map")
+    plan_name = next(k for k, s in asl["States"].items() if s.get("Next") == map_name and "ResultSelector" in s)
+    config = (run_units.get("ItemProcessor") or {}).get("ProcessorConfig", {})
     return {
         "type": props.get("Type", "STANDARD"),
+        # A Distributed Map's children are executions of their own type, billed apart; an inline Map's
+        # iterations are states of the parent.
+        "child_type": config.get("ExecutionType", "STANDARD") if config.get("Mode") == "DISTRIBUTED" else None,
         "asl": asl,
-        "items": payload_key,
+        "plan_state": asl["States"][plan_name],
+        "map_state": run_units,
+        "close_state": asl["States"][run_units["Next"]],
         "plan": _handler(template, subs["PlanFunctionArn"]),
         "unit": _handler(template, subs["UnitFunctionArn"]),
         "close": _handler(template, subs["CloseFunctionArn"]),
@@ -421,8 +444,59 @@ def _machine(template: dict[str, Any], logical: str) -> dict[str, Any]:
     }
 
 
+# ---- the ASL's data flow, as far as the machines use it (JSONPath, no intrinsics) ---------------------
+def _path(document: Any, path: str, context: Any = None) -> Any:
+    """``$.a.b`` in ``document``, ``$$.a.b`` in ``context`` (the Map's ``$$.Map.Item.Value``)."""
+    value = context if path.startswith("$$") else document
+    for part in path.lstrip("$").split("."):
+        if part:
+            value = value[part]
+    return value
+
+
+def _parameters(template: Any, document: Any, context: Any = None) -> Any:
+    """A Parameters / ItemSelector / ResultSelector block applied to ``document``. Intrinsic functions
+    (``States.…``, whose substitutions are deployment parameters) are left out."""
+    if not isinstance(template, dict):
+        return template
+    out: dict[str, Any] = {}
+    for key, value in template.items():
+        if key.endswith(".$"):
+            if isinstance(value, str) and value.startswith("$"):
+                out[key[:-2]] = _path(document, value, context)
+        else:
+            out[key] = _parameters(value, document, context)
+    return out
+
+
+def map_children(machine: dict[str, Any], state: dict[str, Any], manifest: list[Any]) -> list[Any]:
+    """Each child execution's input: the manifest's items (what ItemReader read) through the Map's
+    ItemSelector, then in batches ``{"Items": [...]}`` if it has an ItemBatcher."""
+    spec = machine["map_state"]
+    items = [
+        _parameters(spec["ItemSelector"], state, {"Map": {"Item": {"Index": i, "Value": item}}})
+        if "ItemSelector" in spec
+        else item
+        for i, item in enumerate(manifest)
+    ]
+    if "ItemBatcher" not in spec:
+        return items
+    size = units_per_child(machine, state)
+    return [{"Items": items[i : i + size]} for i in range(0, len(items), size)]
+
+
+def units_per_child(machine: dict[str, Any], state: dict[str, Any]) -> int:
+    """How many units a child gets at most (its batch size), 1 without an ItemBatcher."""
+    batcher = machine["map_state"].get("ItemBatcher")
+    if batcher is None:
+        return 1
+    return int(batcher.get("MaxItemsPerBatch") or _path(state, batcher["MaxItemsPerBatchPath"]))
+
+
 def transitions(asl: dict[str, Any], items: int) -> int:
-    """State transitions of one execution that goes the success path, with ``items`` Map items."""
+    """State transitions of one execution that goes the success path, with ``items`` Map items. A
+    Distributed Map's children are executions of their own (``child_transitions``): the Map state is
+    one transition of the parent whatever the fleet's size."""
 
     def walk(states: dict[str, Any], start: str) -> int:
         count, name = 0, start
@@ -431,13 +505,38 @@ def transitions(asl: dict[str, Any], items: int) -> int:
             count += 1
             if state["Type"] == "Map":
                 proc = state.get("ItemProcessor") or state["Iterator"]
-                count += items * walk(proc["States"], proc["StartAt"])
+                if proc.get("ProcessorConfig", {}).get("Mode") != "DISTRIBUTED":
+                    count += items * walk(proc["States"], proc["StartAt"])
             if state.get("End") or state["Type"] in ("Succeed", "Fail"):
                 break
             name = state.get("Next", "")
         return count
 
     return walk(asl["States"], asl["StartAt"])
+
+
+def child_transitions(asl: dict[str, Any]) -> int:
+    """State transitions of one (Standard) child execution of the Map: its ItemProcessor, walked."""
+    run_units = next(s for s in asl["States"].values() if s["Type"] == "Map")
+    proc = run_units["ItemProcessor"]
+    return transitions({"StartAt": proc["StartAt"], "States": proc["States"]}, 0)
+
+
+def _passes_before(machine: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """The execution's input after the Pass states that run before Plan (each puts its Result at its
+    ResultPath: the empty $.error and $.map.results Close reads)."""
+    state = json.loads(json.dumps(event))
+    states, name = machine["asl"]["States"], machine["asl"]["StartAt"]
+    while states[name] is not machine["plan_state"]:
+        spec = states[name]
+        if spec["Type"] == "Pass" and "Result" in spec and spec.get("ResultPath", "$") not in ("$", None):
+            *parents, last = spec["ResultPath"].removeprefix("$.").split(".")
+            target = state
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[last] = json.loads(json.dumps(spec["Result"]))
+        name = spec["Next"]
+    return state
 
 
 def measure(rules_dir: str) -> None:
@@ -481,6 +580,42 @@ def measure(rules_dir: str) -> None:
             "emf_new": sorted(tap.emf - emf_before),
         }
 
+    import boto3
+
+    from automations.core.manifest import ManifestStore
+
+    s3 = boto3.client("s3", region_name="us-east-1")  # Step Functions' own S3 calls: ItemReader, ResultWriter
+
+    def by_step_functions(action: Any, *args: Any) -> tuple[Any, Usage]:
+        meter.start_invocation()
+        result = action(*args)
+        return result, meter.invocation
+
+    def item_reader(machine: dict[str, Any], state: dict[str, Any]) -> list[Any]:
+        where = _parameters(machine["map_state"]["ItemReader"]["Parameters"], state)
+        items: list[Any] = json.loads(s3.get_object(Bucket=where["Bucket"], Key=where["Key"])["Body"].read())
+        return items
+
+    def result_writer(state: dict[str, Any], children: list[Any], statuses: list[str]) -> dict[str, Any]:
+        """What the Map's ResultWriter puts: a file per status its children ended in, and manifest.json."""
+        bucket, run_id = state["plan"]["manifest"]["bucket"], state["plan"]["run_id"]
+        base = f"{ManifestStore(s3, bucket).results_prefix(run_id)}/cost-model"
+        files: dict[str, list[dict[str, Any]]] = {"FAILED": [], "PENDING": [], "SUCCEEDED": []}
+        for status in sorted(set(statuses)):
+            results = [
+                {"Input": json.dumps(child), "Output": json.dumps({"invoked": True}), "Status": status}
+                for child, st in zip(children, statuses, strict=True)
+                if st == status
+            ]
+            body = json.dumps(results).encode()
+            key = f"{base}/{status}_0.json"
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+            files[status].append({"Key": key, "Size": len(body)})
+        manifest = {"DestinationBucket": bucket, "MapRunArn": f"cost-model:{run_id}", "ResultFiles": files}
+        key = f"{base}/manifest.json"
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
+        return {"MapRunArn": manifest["MapRunArn"], "ResultWriterDetails": {"Bucket": bucket, "Key": key}}
+
     def hot_units(result: Any) -> list[str]:
         found = []
         summaries = result.get("units") if isinstance(result, dict) and "units" in result else [result]
@@ -518,6 +653,7 @@ def measure(rules_dir: str) -> None:
             "kind": kind,
             "expression": expression,
             "machine": machine["type"],
+            "child_machine": machine["child_type"],
             "asl": machine["asl"],
             "runs": [],
         }
@@ -529,23 +665,37 @@ def measure(rules_dir: str) -> None:
             event = {kind: job, "id": f"cost-model-{job}-{rep}", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
             if kind == "task" and job.startswith("snapshot"):
                 event["time"] = (now.replace(hour=5, minute=31) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            plan, plan_usage = invoke(machine["plan"], event)
-            items = plan[machine["items"]]
+            # The execution's state as the ASL builds it: the Pass states before Plan, then Plan's result
+            # through its ResultSelector at $.plan.
+            state = _passes_before(machine, event)
+            plan, plan_usage = invoke(machine["plan"], state)
+            state["plan"] = _parameters(machine["plan_state"]["ResultSelector"], {"Payload": plan})
+            # The Distributed Map: ItemReader gets the manifest Plan put, ItemSelector (and ItemBatcher)
+            # make each child's input; each child invokes the unit function once.
+            manifest, reader_usage = by_step_functions(item_reader, machine, state)
+            children = map_children(machine, state, manifest)
             unit_invocations = []
             hot: list[str] = []
-            for item in items:
-                result, usage = invoke(machine["unit"], item)
+            for child in children:
+                result, usage = invoke(machine["unit"], child)
                 usage["hot"] = hot_units(result)
                 hot += usage["hot"]
                 unit_invocations.append(usage)
-            closed, close_usage = invoke(machine["close"], {"run_id": plan["run_id"], "error": {}})
+            written, map_usage = by_step_functions(result_writer, state, children, ["SUCCEEDED"] * len(children))
+            map_usage.add(reader_usage)
+            state["map"] = _parameters(machine["map_state"]["ResultSelector"], written)
+            close_event = _parameters(machine["close_state"]["Parameters"]["Payload"], state)
+            closed, close_usage = invoke(machine["close"], close_event)
             record["runs"].append(
                 {
                     "status": closed.get("status"),
-                    "units_planned": len(plan.get("units") or items),
-                    "map_items": len(items),
-                    "transitions": transitions(machine["asl"], len(items)),
+                    "units_planned": len(manifest),
+                    "map_items": len(children),
+                    "units_per_child": units_per_child(machine, state),
+                    "transitions": transitions(machine["asl"], len(children)),
+                    "child_transitions": child_transitions(machine["asl"]) if machine["child_type"] else 0,
                     "plan": plan_usage,
+                    "map": {"overhead": map_usage.as_dict()},
                     "unit_invocations": unit_invocations,
                     "close": close_usage,
                     "hot": hot,
@@ -600,10 +750,24 @@ def _usage_cost(u: dict[str, Any], times: float, bill: Bill) -> None:
     bill.hub["DynamoDB"] += times * (u["wru"] * PRICES["ddb_wru"] + u["rru"] * PRICES["ddb_rru"])
     bill.hub["DynamoDB"] += times * u["stored_byte_months"] / 1e9 * PRICES["ddb_storage_gb_month"]
     bill.hub["SNS"] += times * u["sns"] * PRICES["sns_publish"]
+    bill.hub["S3 (run manifests and results)"] += times * (
+        u["s3_put"] * PRICES["s3_put"] + u["s3_get"] * PRICES["s3_get"]
+    )
+
+
+def _express_cost(ms: float) -> float:
+    """One Express execution of ``ms`` (a cold start's share added): a request, and its duration in
+    100 ms steps at the 64 MB minimum (a child holds one small batch)."""
+
+    def one(duration_ms: float) -> float:
+        billed_s = math.ceil(duration_ms / 100) / 10
+        return PRICES["sfn_express_request"] + billed_s * 0.0625 * PRICES["sfn_express_gb_s"]
+
+    return (1 - COLD_START_SHARE) * one(ms) + COLD_START_SHARE * one(ms + COLD_START_MS)
 
 
 def _avg(dicts: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("latency_ms", "gmd_metrics", "wru", "rru", "sns", "stored_byte_months")
+    keys = ("latency_ms", "gmd_metrics", "wru", "rru", "sns", "s3_put", "s3_get", "stored_byte_months")
     if not dicts:
         return dict.fromkeys(keys, 0.0)
     return {k: sum(d[k] for d in dicts) / len(dicts) for k in keys}
@@ -621,8 +785,10 @@ def job_cost(job: str, record: dict[str, Any], n: int, bill: Bill, detail: dict[
         return
     run = record["runs"][-1]
     sample_units = max(1, run["units_planned"])
-    per_item = sample_units / max(1, run["map_items"])  # units per Map item (per unit invocation)
-    items = math.ceil(n / per_item)
+    # The Map's children (one unit invocation each) at this fleet's size: one per unit, or batches of
+    # the ItemBatcher's size; per_item is the units of the average child.
+    items = math.ceil(n / max(1, run.get("units_per_child", 1)))
+    per_item = n / items
     unit_usages = [(label, u) for inv in run["unit_invocations"] for label, u in inv["units"].items()]
     hot_labels = set(run["hot"])
     hot = [u for label, u in unit_usages if label in hot_labels]
@@ -642,21 +808,31 @@ def job_cost(job: str, record: dict[str, Any], n: int, bill: Bill, detail: dict[
         for k in ("gmd_metrics", "latency_ms", "wru"):
             per_unit[k] += (1 - share) * max(0.0, _avg(first)[k] - _avg(quiet)[k]) / cadence
     inv_overhead = _avg([inv["overhead"] for inv in run["unit_invocations"]])
+    # What an invocation writes for all its units at once (a batch's unit records, through one batch
+    # writer) grows with its units: its request units and stored bytes are scaled from the sample's
+    # children to this fleet's (the calls, 25 records a BatchWriteItem, are not).
+    sample_per_child = sum(len(inv["units"]) for inv in run["unit_invocations"]) / max(1, len(run["unit_invocations"]))
+    for k in ("wru", "rru", "stored_byte_months"):
+        inv_overhead[k] *= per_item / max(1.0, sample_per_child)
     inv_logs = sum(inv["log_bytes"] for inv in run["unit_invocations"]) / max(1, len(run["unit_invocations"]))
     threads = max(1, min(per_item, _threads()))
-    # Per run: plan + close. The run item lists every planned unit ("account/region", ~24 bytes each),
-    # written by Plan and updated by Close; Close reads every unit record (eventually consistent).
+    # Per run: plan + close. The units are in the run's S3 manifest (the run item keeps their count), so
+    # only Close grows with them: it reads every unit record (eventually consistent). Its GETs of the
+    # manifest and the Map's results are counted, one each whatever their size.
     extra_units = max(0, n - sample_units)
     unit_record = 450.0  # bytes of a unit record, as counted on the wire (check units ~440, tasks more)
     growth = {
-        "plan": {"wru": extra_units * 24 / 1024, "rru": 0.0},
-        "close": {"wru": extra_units * 24 / 1024, "rru": extra_units * (unit_record + 48) / 4096 / 2},
+        "plan": {"wru": 0.0, "rru": 0.0},
+        "close": {"wru": 0.0, "rru": extra_units * (unit_record + 48) / 4096 / 2},
     }
     for step in ("plan", "close"):
         u = run[step]["overhead"]
         grown = {**u, "wru": u["wru"] + growth[step]["wru"], "rru": u["rru"] + growth[step]["rru"]}
         _usage_cost(grown, runs, bill)
         _lambda_cost(runs, INVOKE_OVERHEAD_MS + u["latency_ms"], MEMORY_GB, bill)
+    # The Map's own S3 calls (ItemReader's GET of the manifest, ResultWriter's PUTs): one each a run.
+    if "map" in run:
+        _usage_cost(run["map"]["overhead"], runs, bill)
     _usage_cost(per_unit, runs * n, bill)
     _usage_cost(inv_overhead, runs * items, bill)
     unit_ms = INVOKE_OVERHEAD_MS + inv_overhead["latency_ms"] + per_item * per_unit["latency_ms"] / threads
@@ -664,7 +840,7 @@ def job_cost(job: str, record: dict[str, Any], n: int, bill: Bill, detail: dict[
     log_bytes = run["plan"]["log_bytes"] + run["close"]["log_bytes"] + items * inv_logs
     log_bytes += (2 + items) * PLATFORM_LOG_BYTES
     bill.hub["CloudWatch Logs"] += runs * log_bytes / 1e9 * _log_gb_price()
-    if record["machine"] == "EXPRESS":
+    if record["machine"] == "EXPRESS":  # an Express parent (an inline Map: no Distributed Map in Express)
         waves = math.ceil(items / _max_concurrency())
         seconds = (
             2 * INVOKE_OVERHEAD_MS
@@ -675,12 +851,21 @@ def job_cost(job: str, record: dict[str, Any], n: int, bill: Bill, detail: dict[
         billed = math.ceil(seconds * 10) / 10 * 0.0625
         bill.hub["Step Functions"] += runs * (PRICES["sfn_express_request"] + billed * PRICES["sfn_express_gb_s"])
     else:
+        # A Standard parent bills its own transitions; a Distributed Map is one of them whatever the
+        # fleet's size, and each of its child executions is billed as its own type.
         bill.hub["Step Functions"] += runs * transitions(record["asl"], items) * PRICES["sfn_standard_transition"]
+    child = record.get("child_machine")
+    if child == "EXPRESS":  # a request and its duration: the unit invocation of its batch
+        bill.hub["Step Functions"] += runs * items * _express_cost(unit_ms)
+    elif child == "STANDARD":  # its own transitions (the ItemProcessor, walked)
+        bill.hub["Step Functions"] += runs * items * run["child_transitions"] * PRICES["sfn_standard_transition"]
     bill.hub["X-Ray"] += runs * PRICES["xray_trace"]
     bill.hub["EventBridge Scheduler"] += runs * PRICES["scheduler_invocation"]
     detail[job] = {
         "runs_a_month": round(runs, 1),
         "unit_invocations_a_run": items,
+        "units_per_invocation": round(per_item, 1),
+        "child_executions": f"{items:,} {child}" if child else "inline",
         "gmd_metrics_per_account_region": round(per_unit["gmd_metrics"], 2),
         "wru_per_account_region": round(per_unit["wru"] + inv_overhead["wru"] / per_item, 2),
     }
@@ -780,6 +965,12 @@ def render(measured: dict[str, Any]) -> str:
         "  member alarm forwarding: "
         + ("only alarms named by kill-switch policies" if measured["alarm_forwarding_filtered"] else "every alarm")
     )
+    out.append("Child executions of a run's Distributed Map (units per child):")
+    for label, (_, detail) in bills.items():
+        out.append(
+            f"  {label}: "
+            + "; ".join(f"{job} {d['child_executions']} ({d['units_per_invocation']:g})" for job, d in detail.items())
+        )
     return "\n".join(out)
 
 
@@ -802,6 +993,11 @@ def assumptions() -> str:
             f"{PLATFORM_LOG_BYTES} platform log bytes per invocation.",
             f"DynamoDB storage: items written, kept {LEDGER_MONTHS:.0f} months (ledger TTL); "
             f"logs kept {LOG_RETENTION_MONTHS:.0f} month.",
+            "Step Functions: the Standard parent bills its transitions (the Distributed Map state once); each "
+            "child execution is billed as its type: Standard its ItemProcessor's transitions, Express a request "
+            "and the unit invocation's duration (100 ms steps, 64 MB). S3: the requests counted (Plan's PUT of "
+            "the manifest, ItemReader's GET, ResultWriter's PUTs of a file per child status and manifest.json, "
+            "Close's GETs); storage ignored (7-day lifecycle); retries and X-Ray traces of children not modelled.",
         ]
     )
 
@@ -847,6 +1043,8 @@ def seed_sample(url: str, rules_dir: Path) -> dict[str, str]:
     resources = hub.create_hub(base, slack_token="not-a-slack-token", fleet_text=fleet_file.read_text())
     fleet = load_fleet(fleet_file)
     report = seeding.seed_fleet(base, fleet)
+    if fleet.organization is not None:  # the accounts are the organisation's, as the hub discovers them
+        fleet = fleet.discovering_with(base)
     hot_lambda = report.breaches["breaches"]["lambda"]
     at = datetime.now(UTC) - timedelta(minutes=2)
     for account in fleet.accounts:

@@ -10,6 +10,7 @@ loaded once per container.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -92,21 +93,28 @@ def _use_session_for_parameters() -> None:
 
 
 def runtime() -> Runtime:
-    """Built once per container, rebuilt when the fleet parameter changes (Powertools re-reads it
-    every 5 minutes), so a new member account is picked up without a redeploy."""
-    fleet_parameter = os.environ.get("OPSBOT_FLEET_PARAMETER")
-    fleet_text = None
-    if fleet_parameter:
-        session()
+    """Built once per container. The fleet document (the SSM parameter) is read on first use of the
+    fleet, and again when Powertools' 5-minute cache of it expires, so a new member account is picked up
+    without a redeploy, and a function that never asks about the fleet (the Slack endpoint) never reads
+    it (issue 15: its cold acknowledgement)."""
+    return _runtime_for(os.environ.get("OPSBOT_FLEET_PARAMETER") or None)
+
+
+def _fleet_parameter_reader(name: str) -> Callable[[], str | None]:
+    def read() -> str | None:
+        session()  # Powertools' providers on the hub session (_use_session_for_parameters)
         from aws_lambda_powertools.utilities import parameters
 
-        fleet_text = parameters.get_parameter(fleet_parameter, max_age=300)
-    return _runtime_for(str(fleet_text) if fleet_text else None)
+        text = parameters.get_parameter(name, max_age=300)
+        return str(text) if text else None
+
+    return read
 
 
 @lru_cache(maxsize=1)
-def _runtime_for(fleet_text: str | None) -> Runtime:
-    return build_runtime(Settings.from_mapping(os.environ), session(), fleet_text=fleet_text)
+def _runtime_for(fleet_parameter: str | None) -> Runtime:
+    reader = _fleet_parameter_reader(fleet_parameter) if fleet_parameter else None
+    return build_runtime(Settings.from_mapping(os.environ), session(), fleet_text=reader)
 
 
 def reset() -> None:

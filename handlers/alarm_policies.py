@@ -27,6 +27,7 @@ PERMISSIONS = {
     | iam.IDEMPOTENCY_STORE
     | iam.NOTIFY
     | iam.READ_FLEET
+    | iam.DISCOVER_FLEET
     | iam.assume_member_role(CAPABILITY_NAME),
 }
 

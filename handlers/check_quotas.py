@@ -24,7 +24,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from automations.breach_checks.alerts import ALERT_STATE_GRANTS, AlertBook
 from automations.breach_checks.checks import (
     UNITS_PER_BATCH,
-    batches,
     close_check,
     plan_check,
     run_check_batch,
@@ -35,22 +34,29 @@ from automations.breach_checks.rules import QUOTAS_FILE, BreachRules
 from automations.core import iam
 from automations.core.boundary import InputError
 from automations.core.deadline import Deadline
-from automations.core.runs import CloseRequest, ScheduleEvent, Unit
+from automations.core.runs import CloseRequest, RunError, ScheduleEvent, Unit
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
 
 # Stop before starting when 20 s are left: enough to record the unit (and its failure alert).
 TIMEOUT_MARGIN_MS = 20_000
 PERMISSIONS = {
-    "plan": iam.LEDGER_OPEN_RUN | iam.IDEMPOTENCY_STORE | iam.READ_FLEET,
+    "plan": iam.LEDGER_OPEN_RUN | iam.IDEMPOTENCY_STORE | iam.READ_FLEET | iam.DISCOVER_FLEET | iam.MANIFEST_WRITE,
     "unit": iam.LEDGER_RECORD_UNIT
     | ALERT_STATE_GRANTS
     | iam.OUTBOX
     | iam.NOTIFY
     | iam.READ_FLEET
+    | iam.DISCOVER_FLEET  # the account's name, for its alerts
     | iam.assume_member_role("breach-checks")
     | frozenset(g for kind in CHECK_KINDS for g in kind.hub_grants),
     # A planned unit with no record opens its "cannot check" alert.
-    "close": iam.LEDGER_CLOSE_RUN | ALERT_STATE_GRANTS | iam.OUTBOX | iam.NOTIFY | iam.READ_FLEET,
+    "close": iam.LEDGER_CLOSE_RUN
+    | ALERT_STATE_GRANTS
+    | iam.OUTBOX
+    | iam.NOTIFY
+    | iam.READ_FLEET
+    | iam.DISCOVER_FLEET
+    | iam.MANIFEST_READ,
 }
 
 
@@ -76,10 +82,20 @@ def book() -> AlertBook:
 def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     scheduled = ScheduleEvent.parse(event, "check")  # InputError: the execution fails (PlanFailed, alarmed)
-    planned = plan_check(rt.ledger, rt.fleet, rules(), scheduled.job, scheduled.trigger(), scheduled.time)
-    # The units once, in their batches: the state payload (256 KB) and this idempotency record carry them.
-    result = {k: v for k, v in planned.as_dict().items() if k != "units"}
-    result["batches"] = batches(planned, units_per_batch())
+    if rt.manifests is None:  # before a run opens: the Distributed Map reads its units from S3
+        raise RunError("OPSBOT_MANIFEST_BUCKET is not set: the run's units have nowhere to go")
+    planned = plan_check(
+        rt.ledger,
+        rt.fleet,
+        rules(),
+        scheduled.job,
+        scheduled.trigger(),
+        scheduled.time,
+        manifests=rt.manifests,
+    )
+    # The units are in S3: the Distributed Map reads them in batches of this many per invocation, and
+    # neither this result nor its idempotency record grows with the fleet.
+    result = {**planned.as_dict(), "units_per_invocation": units_per_batch()}
     logger.info("planned check", extra={"run_id": result["run_id"], "units": len(planned.units)})
     return result
 
@@ -88,7 +104,8 @@ def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """One unit (``Unit.as_dict``), or a batch ``{"units": [...]}``: its summaries as ``{"units": [...]}``."""
+    """One unit (``Unit.as_dict``), or a batch: ``{"Items": [...]}`` from the Distributed Map's ItemBatcher
+    (or ``{"units": [...]}``); a batch's summaries come back as ``{"units": [...]}``."""
     rt = runtime()
     deadline = Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS)
     context_of_units: dict[str, Any] = {
@@ -100,10 +117,11 @@ def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         "notifier": notifier(),
         "deadline": deadline,
     }
-    if isinstance(event, dict) and "units" in event:
-        if not isinstance(event["units"], list):
-            raise InputError("unit batch", "units", "not a list")
-        summaries = run_check_batch([Unit.from_dict(u) for u in event["units"]], **context_of_units)
+    batch_key = next((k for k in ("Items", "units") if isinstance(event, dict) and k in event), None)
+    if batch_key is not None:
+        if not isinstance(event[batch_key], list):
+            raise InputError("unit batch", batch_key, "not a list")
+        summaries = run_check_batch([Unit.from_dict(u) for u in event[batch_key]], **context_of_units)
         _emit(summaries)
         return {"units": summaries}
     summary = run_check_unit(Unit.from_dict(event), **context_of_units)
@@ -137,5 +155,7 @@ def close(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         book=book(),
         notifier=notifier(),
         reason=request.reason,
+        manifests=rt.manifests,
+        results=request.results,
     )
     return {"run_id": run["run_id"], "status": run["status"], "counts": run.get("counts", {})}

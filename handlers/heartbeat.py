@@ -15,7 +15,7 @@ from automations.core import iam
 from automations.core.heartbeat import RECORD_GRANTS, parse_heartbeat, record
 from handlers._wiring import logger, metrics, runtime, tracer
 
-PERMISSIONS = {"handler": RECORD_GRANTS | iam.READ_FLEET}
+PERMISSIONS = {"handler": RECORD_GRANTS | iam.READ_FLEET | iam.DISCOVER_FLEET}
 
 
 @logger.inject_lambda_context(correlation_id_path="id")
@@ -25,7 +25,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     heartbeat = parse_heartbeat(event)
     rt = runtime()
     where = {"account": heartbeat.account, "region": heartbeat.region}
-    if (heartbeat.account, heartbeat.region) not in set(rt.fleet.targets()):
+    # One account's lookup (a few Organizations calls, cached), not the whole organisation per container.
+    member = rt.fleet.account(heartbeat.account)
+    if member is None or heartbeat.region not in member.regions:
         logger.warning("heartbeat from outside the fleet, ignored", extra=where)
         metrics.add_metric(name="HeartbeatsIgnored", unit=MetricUnit.Count, value=1)
         return {**where, "recorded": False, "reason": "not in the fleet"}

@@ -20,7 +20,11 @@ from handlers._kill_switches import breach_alerts, switchboard
 from handlers._wiring import idempotency_store, logger, runtime, tracer
 
 PERMISSIONS = {
-    "handler": SWITCHBOARD_GRANTS | iam.IDEMPOTENCY_STORE | iam.READ_FLEET | iam.assume_member_role(CAPABILITY_NAME),
+    "handler": SWITCHBOARD_GRANTS
+    | iam.IDEMPOTENCY_STORE
+    | iam.READ_FLEET
+    | iam.DISCOVER_FLEET
+    | iam.assume_member_role(CAPABILITY_NAME),
 }
 
 processor = BatchProcessor(event_type=EventType.SQS)

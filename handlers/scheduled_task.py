@@ -15,8 +15,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from automations import catalog
 from automations.core import iam
+from automations.core.caps import GRANTS as MEMBER_CAPS
 from automations.core.deadline import Deadline
-from automations.core.runs import CloseRequest, ScheduleEvent, Unit, close_run, plan_run, run_unit
+from automations.core.runs import CloseRequest, RunError, ScheduleEvent, Unit, close_run, plan_run, run_unit
 from automations.security_groups.enforcement import FINDINGS_GRANTS
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, tracer
 
@@ -25,21 +26,25 @@ TIMEOUT_MARGIN_MS = 30_000
 _KIND_GRANTS = frozenset(g for kind in catalog.TASK_KINDS for g in kind.hub_grants)
 PERMISSIONS = {
     # Plan reaps this task's dead runs (their announcements go to the outbox for the sweeper), takes the
-    # slot lock, opens the run; a report-only first sweep swaps the rules digest.
+    # slot lock, writes the unit manifest, opens the run; a report-only first sweep swaps the rules digest.
     "plan": iam.LEDGER_OPEN_RUN
+    | iam.MANIFEST_WRITE
+    | iam.MANIFEST_READ
     | iam.SLOT_LOCK
     | iam.LEDGER_CLOSE_RUN
     | iam.PENDING_LIST
     | iam.IDEMPOTENCY_STORE
-    | iam.READ_FLEET,
+    | iam.READ_FLEET
+    | iam.DISCOVER_FLEET,
     # Units record RUNNING, their actions and their summary; the sweep claims findings and revokes.
     "unit": iam.LEDGER_RECORD_UNIT
+    | MEMBER_CAPS
     | FINDINGS_GRANTS
     | iam.IDEMPOTENCY_STORE
     | iam.READ_FLEET
     | iam.assume_member_role("snapshots", "security-groups")
     | _KIND_GRANTS,
-    "close": iam.LEDGER_CLOSE_RUN | iam.SLOT_LOCK | iam.OUTBOX | iam.NOTIFY | iam.READ_FLEET,
+    "close": iam.LEDGER_CLOSE_RUN | iam.SLOT_LOCK | iam.OUTBOX | iam.NOTIFY | iam.READ_FLEET | iam.MANIFEST_READ,
 }
 
 
@@ -49,11 +54,22 @@ PERMISSIONS = {
 def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     scheduled = ScheduleEvent.parse(event, "task")  # InputError: the execution fails (PlanFailed, alarmed)
-    result = plan_run(
-        rt.ledger, rt.fleet, rt.tasks, scheduled.job, scheduled.trigger(), scheduled.time, rules=rt.rules
-    ).as_dict()
-    logger.info("planned run", extra={"run_id": result["run_id"], "units": len(result["units"])})
-    return result
+    if rt.manifests is None:  # before a run opens: the Distributed Map reads its units from S3
+        raise RunError("OPSBOT_MANIFEST_BUCKET is not set: the run's units have nowhere to go")
+    planned = plan_run(
+        rt.ledger,
+        rt.fleet,
+        rt.tasks,
+        scheduled.job,
+        scheduled.trigger(),
+        scheduled.time,
+        rules=rt.rules,
+        manifests=rt.manifests,
+    )
+    # The units are in S3 (the Distributed Map reads them): this result and its idempotency record stay
+    # the same few hundred bytes whatever the fleet's size.
+    logger.info("planned run", extra={"run_id": planned.run_id, "units": len(planned.units)})
+    return planned.as_dict()
 
 
 @logger.inject_lambda_context
@@ -66,7 +82,7 @@ def plan(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 def unit(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     deadline = Deadline(context.get_remaining_time_in_millis, TIMEOUT_MARGIN_MS)
-    summary = run_unit(Unit.from_dict(event), rt.tasks, rt.broker, rt.ledger, deadline, rules=rt.rules)
+    summary = run_unit(Unit.from_dict(event), rt.tasks, rt.broker, rt.ledger, deadline, rules=rt.rules, caps=rt.caps)
     for name in ("created", "deleted", "failed"):
         metrics.add_metric(name=f"Snapshots{name.title()}", unit=MetricUnit.Count, value=summary["counts"].get(name, 0))
     return summary
@@ -78,5 +94,13 @@ def close(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     # The state machine passes the Map's error (if the Map itself failed) so the record says why.
     request = CloseRequest.parse(event)
-    run = close_run(request.run_id, rt.ledger, notifier(), reason=request.reason, rules=rt.rules)
+    run = close_run(
+        request.run_id,
+        rt.ledger,
+        notifier(),
+        reason=request.reason,
+        rules=rt.rules,
+        manifests=rt.manifests,
+        results=request.results,
+    )
     return {"run_id": run["run_id"], "status": run["status"], "counts": run.get("counts", {})}

@@ -37,6 +37,7 @@ PERMISSIONS = {
     | iam.IDEMPOTENCY_STORE
     | iam.NOTIFY
     | iam.READ_FLEET
+    | iam.DISCOVER_FLEET  # is the event's account in the fleet (one account's lookup, core/organization.py)
     | iam.assume_member_role(CAPABILITY_NAME),
 }
 
@@ -82,6 +83,7 @@ def _init() -> None:
     the notifier (Slack token, slack-sdk), and the STS and EC2 service models the member clients use."""
     try:
         rt = runtime()
+        rt.fleet.document  # noqa: B018 - the fleet parameter read, done at init rather than on the first event
         if rt.rules.exists(POLICY_FILE):
             rt.rules.get(POLICY_FILE)
         notifier()

@@ -24,7 +24,9 @@ PERMISSIONS = {
     | ALERT_STATE_GRANTS
     | HEARTBEAT_WATCH_GRANTS
     | iam.NOTIFY
-    | iam.READ_FLEET,
+    | iam.READ_FLEET
+    | iam.DISCOVER_FLEET
+    | iam.MANIFEST_READ,
 }
 
 

@@ -12,13 +12,14 @@ from typing import Any
 from automations import catalog  # noqa: F401  (registers every kind: the CLI runs them all)
 from automations.core.clock import parse_time
 from automations.core.fleet import AccountAccessError
+from automations.core.ledger import MAX_PAGE_SIZE, MAX_RUNS_LIMIT, LimitError, TokenError
 from automations.core.rulebook import DEFAULT_RULES_DIR, RulebookError
 from automations.core.runs import RunError, Trigger, plan_run, run_now
 from automations.core.runtime import Runtime, Settings, build_notifier, build_runtime
 from automations.core.schedules import ScheduleError
 from automations.kill_switches.kinds import describe
 from opsbot import environment
-from opsbot.runs_view import runs_table, show_run
+from opsbot.runs_view import ACTIONS, DEFAULT_PAGE_SIZE, UNITS, runs_table, show_run_lines
 from opsbot.tables import table
 from opsbot.validation import cmd_check_package, cmd_validate
 
@@ -73,29 +74,66 @@ def cmd_run(args: argparse.Namespace) -> int:
             regions=args.region or None,
             dry_run=True if args.dry_run else None,
             rules=rt.rules,
+            manifests=rt.manifests,
         )
     except (RunError, ScheduleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = run_now(plan, rt.tasks, rt.broker, rt.ledger, _notifier(rt.settings), rules=rt.rules)
+    run = run_now(
+        plan,
+        rt.tasks,
+        rt.broker,
+        rt.ledger,
+        _notifier(rt.settings),
+        rules=rt.rules,
+        manifests=rt.manifests,
+        caps=rt.caps,
+    )
     print(runs_table([run]))
     return 0 if run["status"] == "SUCCEEDED" else 1
 
 
 # ---- runs ----------------------------------------------------------------------------------
-def cmd_runs(args: argparse.Namespace) -> int:
-    rt = _runtime()
-    if args.action == "show":
-        if not args.run_id:
-            print("error: opsbot runs show RUN_ID", file=sys.stderr)
-            return 2
+def _bounded(what: str, maximum: int) -> Any:
+    """An argparse type: an int in 1..maximum, else a one-line usage error (exit 2), never a traceback."""
+
+    def parse(text: str) -> int:
         try:
-            print(show_run(rt.ledger, args.run_id))
-        except RunError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    print(runs_table(rt.ledger.recent_runs(args.limit)))
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}") from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{what} must be between 1 and {maximum}, not {value}")
+        return value
+
+    return parse
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    if args.action == "show" and not args.run_id:
+        print("error: opsbot runs show RUN_ID", file=sys.stderr)
+        return 2
+    section = UNITS if args.units else ACTIONS if args.actions else None
+    if args.action == "show" and args.token and section is None:
+        print("error: --next continues one list: add --units or --actions (as printed with the token)", file=sys.stderr)
+        return 2
+    rt = _runtime()
+    try:
+        if args.action == "show":
+            for block in show_run_lines(
+                rt.ledger,
+                args.run_id,
+                section=section,
+                page_size=args.page_size,
+                token=args.token,
+                all_pages=args.all,
+            ):
+                print(block, flush=True)
+            return 0
+        print(runs_table(rt.ledger.recent_runs(args.limit)))
+    except (RunError, LimitError, TokenError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -293,10 +331,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot", help="run (again) the slot containing this UTC time, e.g. 2026-11-25T03:00Z")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("runs", help="recent runs, or `runs show RUN_ID`")
+    p = sub.add_parser(
+        "runs", help="recent runs, or `runs show RUN_ID`: its summary, then its units and actions page by page"
+    )
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("run_id", nargs="?")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument(
+        "--limit", type=_bounded("--limit", MAX_RUNS_LIMIT), default=20, help=f"runs to list (1..{MAX_RUNS_LIMIT})"
+    )
+    p.add_argument(
+        "--page-size",
+        type=_bounded("--page-size", MAX_PAGE_SIZE),
+        default=DEFAULT_PAGE_SIZE,
+        help=f"units or actions a page, for `runs show` (1..{MAX_PAGE_SIZE}; default {DEFAULT_PAGE_SIZE})",
+    )
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--units", action="store_true", help="`runs show`: only the units (with --next: the next page)")
+    only.add_argument("--actions", action="store_true", help="`runs show`: only the actions")
+    p.add_argument("--next", dest="token", metavar="TOKEN", help="continue a list where the printed token left it")
+    p.add_argument("--all", action="store_true", help="`runs show`: every page (printed as it is read)")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser(
@@ -327,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", choices=["lambda-concurrency", "service-quotas"], help="only this check")
     p.add_argument("--account", action="append", help="limit to this account (repeatable)")
     p.add_argument("--region", action="append", help="limit to this region (repeatable)")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument(
+        "--limit", type=_bounded("--limit", MAX_RUNS_LIMIT), default=20, help=f"runs to list (1..{MAX_RUNS_LIMIT})"
+    )
     p.set_defaults(func=cmd_quotas)
 
     p = sub.add_parser("alerts", help="open breach alerts, or one by its id")

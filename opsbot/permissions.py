@@ -28,6 +28,9 @@ OPERATOR = (
     | iam.LEDGER_LISTS
     | iam.PENDING_LIST
     | iam.READ_FLEET
+    | iam.DISCOVER_FLEET
+    | iam.MANIFEST_WRITE
+    | iam.MANIFEST_READ
     | iam.NOTIFY
     | iam.assume_member_role(*(c.name for c in catalog.CAPABILITIES))
     | PAUSE_GRANTS

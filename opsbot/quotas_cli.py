@@ -99,7 +99,17 @@ def run_checks(
     book = AlertBook(rt.ledger.table, rt.settings.ledger_ttl_days, clock=now)
     runs = []
     for check in checks:
-        plan = plan_check(rt.ledger, rt.fleet, rules, check, trigger, now(), accounts=accounts, regions=regions)
+        plan = plan_check(
+            rt.ledger,
+            rt.fleet,
+            rules,
+            check,
+            trigger,
+            now(),
+            accounts=accounts,
+            regions=regions,
+            manifests=rt.manifests,
+        )
         runs.append(
             run_checks_now(
                 plan,
@@ -110,6 +120,7 @@ def run_checks(
                 book=book,
                 notifier=notifier,
                 clock=now,
+                manifests=rt.manifests,
             )
         )
     return runs

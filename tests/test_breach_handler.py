@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from opsbot.local.hub import create_manifest_bucket
 from tests.breach_support import lambda_usage, minutes_ago
 from tests.conftest import ACCOUNT_A, ACCOUNT_B, FakeLambdaContext
+from tests.map_support import map_batches, map_items
 
 FLEET = f"""
 role_prefix: opsbot
@@ -34,6 +36,7 @@ def handler(shimmed, hub_session, inbox, tmp_path, monkeypatch) -> Any:
     monkeypatch.setenv("OPSBOT_RULES_DIR", str(rules))
     monkeypatch.setenv("OPSBOT_LEDGER_TABLE", "opsbot-ledger")
     monkeypatch.setenv("OPSBOT_IDEMPOTENCY_TABLE", "opsbot-idempotency")
+    monkeypatch.setenv("OPSBOT_MANIFEST_BUCKET", create_manifest_bucket(hub_session))
     monkeypatch.setenv("OPSBOT_ALERT_TOPIC_ARN", inbox.notifier.topic_arn)
     monkeypatch.delenv("OPSBOT_SLACK_SECRET_NAME", raising=False)
     from handlers import _wiring, check_quotas
@@ -49,8 +52,8 @@ def handler(shimmed, hub_session, inbox, tmp_path, monkeypatch) -> Any:
 
 
 def units_of(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The plan's units, as the Map hands them out: each batch's."""
-    return [u for batch in plan["batches"] for u in batch["units"]]
+    """The plan's units, as the Distributed Map hands them out (before batching)."""
+    return map_items(plan, "check.asl.yaml")
 
 
 def scheduler_input(check: str, when: datetime, execution_id: str) -> dict[str, Any]:
@@ -65,11 +68,17 @@ def test_plan_units_close_with_retries_and_duplicates(handler, broker, inbox):
     # Scheduler retries the same scheduled time with another execution id: the same plan comes back.
     again = handler.plan(scheduler_input("lambda-concurrency", now, "e41d6leedg6cc9d4"), FakeLambdaContext())
     assert again["run_id"] == plan["run_id"] and len(units_of(plan)) == 4
-    assert [u["primary"] for u in units_of(plan)] == [True, False, True, False]
+    # Interleaved across accounts: every account's first region, then every account's second.
+    assert [(u["account"], u["primary"]) for u in units_of(plan)] == [
+        (ACCOUNT_A, True),
+        (ACCOUNT_B, True),
+        (ACCOUNT_A, False),
+        (ACCOUNT_B, False),
+    ]
 
     # The Map's items: batches of units, one invocation each (here all four in one batch).
-    assert [len(b["units"]) for b in plan["batches"]] == [4] and "units" not in plan  # once, in the batches
-    first = handler.unit(plan["batches"][0], FakeLambdaContext())["units"]
+    assert [len(b["Items"]) for b in map_batches(plan)] == [4] and "units" not in plan  # in S3, not the state
+    first = handler.unit(map_batches(plan)[0], FakeLambdaContext())["units"]
     retried = [handler.unit(u, FakeLambdaContext()) for u in units_of(plan)]  # one unit alone is still accepted
     assert [r["status"] for r in first + retried] == ["SUCCEEDED"] * 8
     assert sum(r["counts"].get("opened", 0) for r in first) == 1

@@ -85,21 +85,33 @@ def test_state_machine_wiring(hub: dict[str, Any]) -> None:
     allowed = {p["LambdaInvokePolicy"]["FunctionName"]["Ref"] for p in machine["Policies"] if "LambdaInvokePolicy" in p}
     assert allowed == set(invoked.values())
     assert states["Plan"]["Parameters"]["Payload.$"] == "$"  # the schedule's {"check", "id", "time"}
-    # Express (billed per execution, not per state transition), Map items are batches of units.
-    assert machine["Type"] == "EXPRESS" and machine["DefinitionUri"] == "statemachines/check.asl.yaml"
-    assert definition["TimeoutSeconds"] <= 300  # an Express workflow lives 5 minutes at most
-    assert states["Plan"]["ResultSelector"]["batches.$"] == "$.Payload.batches"
-    assert states["RunUnits"]["ItemsPath"] == "$.plan.batches"
+    # A Standard parent (a Distributed Map needs one) whose children, the batches, are Express executions
+    # (billed per execution, not per state transition). The units come from S3, not the state.
+    assert machine["Type"] == "STANDARD" and machine["DefinitionUri"] == "statemachines/check.asl.yaml"
+    run_units = states["RunUnits"]
+    assert run_units["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"}
+    assert run_units["ItemReader"]["Parameters"] == {
+        "Bucket.$": "$.plan.manifest.bucket",
+        "Key.$": "$.plan.manifest.key",
+    }
+    assert states["Plan"]["ResultSelector"]["manifest.$"] == "$.Payload.manifest"
+    assert run_units["ItemBatcher"] == {"MaxItemsPerBatchPath": "$.plan.units_per_invocation"}
+    assert states["Plan"]["ResultSelector"]["units_per_invocation.$"] == "$.Payload.units_per_invocation"
     assert hub["Parameters"]["CheckUnitsPerInvocation"]["Default"] >= 1
     plan_env = hub["Resources"]["CheckPlanFunction"]["Properties"]["Environment"]["Variables"]
     assert plan_env["OPSBOT_CHECK_UNITS_PER_INVOCATION"] == {"Ref": "CheckUnitsPerInvocation"}
-    assert states["RunUnits"]["MaxConcurrencyPath"] == "$.plan.max_concurrency"
-    assert states["Close"]["Parameters"]["Payload"] == {"run_id.$": "$.plan.run_id", "error.$": "$.error"}
-    (unit_catch,) = states["RunUnit"]["Catch"]
-    failed = states[unit_catch["Next"]]["Parameters"]
-    assert failed["status"] == "FAILED"  # one batch never fails the Map
-    # A batch item has no $.account: a path that is not there would be a States.Runtime error.
-    assert {k for k in failed if k.endswith(".$")} == {"error.$"}
+    assert run_units["MaxConcurrencyPath"] == "$.plan.max_concurrency"
+    assert run_units["ToleratedFailurePercentagePath"] == "$.plan.tolerated_failure_percentage"
+    assert run_units["ResultWriter"]["Parameters"]["Bucket"] == "${ManifestBucket}"
+    assert substitutions["ManifestBucket"] == {"Ref": "ManifestBucket"}
+    assert states["Close"]["Parameters"]["Payload"] == {
+        "run_id.$": "$.plan.run_id",
+        "error.$": "$.error",
+        "results.$": "$.map.results",
+    }
+    # $.error and $.map.results exist before the Map runs: a missing path would be a States.Runtime error.
+    assert states["NoErrorYet"]["ResultPath"] == "$.error" and states["NoResultsYet"]["ResultPath"] == "$.map"
+    assert "Catch" not in states["RunUnit"]  # a failed batch is a FAILED child in the results Close reads
     assert not any(k.endswith(".$") for k in states["RunUnit"]["ResultSelector"])
 
 

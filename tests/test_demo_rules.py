@@ -23,11 +23,10 @@ def test_the_shipped_rules_hold_no_demo_id() -> None:
 def test_the_demo_rules_are_the_shipped_ones_with_the_demos_laid_over(tmp_path: Path, capsys) -> None:
     rules = assemble(tmp_path / "rules")
     assert sorted(p.name for p in rules.iterdir()) == sorted(p.name for p in DEFAULT_RULES_DIR.glob("*.yaml"))
-    assert [a.name for a in load_fleet(rules / "fleet.yaml").accounts] == [
-        "payments-prod",
-        "analytics-prod",
-        "legacy-sandbox",
-    ]
+    # The demo's fleet names OUs of the local organisation (tests/test_org_fleet.py discovers them).
+    fleet = load_fleet(rules / "fleet.yaml")
+    assert fleet.organization is not None and fleet.organization.include == ("ou-demo-workload", "ou-demo-sandboxs")
+    assert [a.name for a in fleet.document.accounts] == ["legacy-sandbox"]
     assert (rules / "tasks.yaml").read_text() == (DEFAULT_RULES_DIR / "tasks.yaml").read_text()
     quotas = (rules / "quotas.yaml").read_text()
     assert quotas.startswith((DEFAULT_RULES_DIR / "quotas.yaml").read_text().rstrip("\n"))

@@ -22,14 +22,18 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlencode
 
+import boto3
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from moto.core.model_instances import reset_model_data
 
 from automations.core.boundary import InputError
 from automations.core.runs import RunError
 from automations.security_groups.events import CLOSING_EVENTS, HANDLED_EVENTS
+from opsbot.local.hub import LEDGER_TABLE
 from tests.conftest import ACCOUNT_A, FIXTURES, FakeLambdaContext
+from tests.map_support import map_items
 from tests.mutations import mutated
 from tests.sg_events import REGION, readdress, record
 from tests.slack_support import press_body, signed
@@ -45,6 +49,45 @@ SG_RECORDS = [
     "authorize_sg_ingress_error",
     "modify_sg_rules",
 ]
+
+
+class Examples:
+    """Each example starts from the world the test arranged: call it at the start of every example.
+
+    - The ledger table is put back as it was when this was made (items an example wrote are deleted,
+      items it changed are written back). Examples stay independent of each other (hypothesis replays
+      and shrinks them one by one), and the table stays small: moto's TransactWriteItems deep-copies
+      the whole table first (its rollback copy), so on a table that grew with every example each
+      transaction took longer (about a second after a few hundred examples).
+    - moto keeps every model object it ever made (``BaseModel.instances_tracked``, for moto server's
+      dashboard) until ``mock_aws`` stops, those rollback copies included: over 2,000 examples that
+      was gigabytes (``make fuzz`` was OOM-killed). The backends hold their own state; forgetting the
+      tracking list frees only what nothing else holds.
+    """
+
+    def __init__(self) -> None:
+        self.table = boto3.resource("dynamodb", region_name="us-east-1").Table(LEDGER_TABLE)
+        self.baseline = self._items()
+
+    def _items(self) -> dict[tuple[str, str], dict[str, Any]]:
+        items: dict[tuple[str, str], dict[str, Any]] = {}
+        kwargs: dict[str, Any] = {"ConsistentRead": True}
+        while True:
+            page = self.table.scan(**kwargs)
+            items.update({(i["pk"], i["sk"]): i for i in page["Items"]})
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def __call__(self) -> None:
+        reset_model_data()
+        current = self._items()
+        with self.table.batch_writer() as batch:
+            for pk, sk in current.keys() - self.baseline.keys():
+                batch.delete_item(Key={"pk": pk, "sk": sk})
+            for key, item in self.baseline.items():
+                if current.get(key) != item:
+                    batch.put_item(Item=item)
 
 
 def fixture(path: str) -> Any:
@@ -76,6 +119,9 @@ def rules_dir(tmp_path: Any, **files: str) -> Any:
 def wired(hub_session, tmp_path, monkeypatch):
     """The handlers' wiring pointed at moto and a rules directory of the test's own."""
     from handlers import _wiring
+    from opsbot.local.hub import create_manifest_bucket
+
+    monkeypatch.setenv("OPSBOT_MANIFEST_BUCKET", create_manifest_bucket(hub_session))
 
     def use(**files: str) -> None:
         monkeypatch.setenv("OPSBOT_RULES_DIR", str(rules_dir(tmp_path, **files)))
@@ -137,8 +183,11 @@ def test_security_group_events_never_crash_and_never_leave_a_named_rule_open(wir
             ] = world[0]["SecurityGroupRuleId"]
         return base
 
+    new_example = Examples()
+
     @given(name=st.sampled_from(SG_RECORDS), data=st.data())
     def check(name: str, data: st.DataObject) -> None:
+        new_example()
         base = world_ssh_record(name)
         event, done = data.draw(mutated(base))
         try:
@@ -163,8 +212,11 @@ def test_the_slack_endpoint_never_answers_5xx_to_a_signed_request(endpoint):
     base = json.loads(dict(_form(press_body(endpoint, "killswitch_flip", "U0ONCALLDANA")))["payload"])
     transports = st.sampled_from(["form", "base64", "not-base64", "not-utf8", "deep", "no-payload", "many-fields"])
 
+    new_example = Examples()
+
     @given(data=st.data(), transport=transports)
     def check(data: st.DataObject, transport: str) -> None:
+        new_example()
         payload, _ = data.draw(mutated(base))
         try:
             text = json.dumps(payload)
@@ -222,8 +274,11 @@ def test_the_kill_switch_worker_fails_only_unreadable_jobs_and_never_the_batch(e
     template = fixture("lambda/sqs_event.json")["Records"][0]
     counts: Counter[str] = Counter()
 
+    new_example = Examples()
+
     @given(data=st.data())
     def check(data: st.DataObject) -> None:
+        new_example()
         job, _ = data.draw(mutated(good))
         try:
             text = json.dumps(job)
@@ -261,8 +316,11 @@ def test_alarm_events_never_crash(wired, broker):
     }
     counts: Counter[str] = Counter()
 
+    new_example = Examples()
+
     @given(data=st.data(), which=st.sampled_from(sorted(bases)))
     def check(data: st.DataObject, which: str) -> None:
+        new_example()
         event, _ = data.draw(mutated(copy.deepcopy(bases[which])))
         if isinstance(event, dict):
             event["id"] = str(uuid.uuid4())
@@ -290,8 +348,11 @@ def test_schedule_events_never_crash(wired, module, key, job):
     base = {key: job, "id": scheduled["id"], "time": scheduled["time"]}  # what the schedule target sends
     counts: Counter[str] = Counter()
 
+    new_example = Examples()
+
     @given(data=st.data())
     def check(data: st.DataObject) -> None:
+        new_example()
         event, _ = data.draw(mutated(base))
         if isinstance(event, dict):
             event["id"] = str(uuid.uuid4())
@@ -301,8 +362,8 @@ def test_schedule_events_never_crash(wired, module, key, job):
             counts["designed error (execution fails, alarmed)"] += 1
             return
         counts["planned"] += 1
-        # Task runs hand the Map their units; checks, batches of them ({"units": [...]} each).
-        assert plan["run_id"] and isinstance(plan["units"] if "units" in plan else plan["batches"], list)
+        # The units are in S3: the plan hands the Distributed Map only where they are.
+        assert plan["run_id"] and plan["manifest"]["key"] and "units" not in plan
 
     check()
     report(f"{module}.plan", counts)
@@ -315,11 +376,14 @@ def test_unit_and_close_steps_never_crash(wired):
     plan = scheduled_task.plan(
         {"task": "snapshot-daily", "id": "e-1", "time": "2026-11-25T03:00:00Z"}, FakeLambdaContext()
     )
-    (unit,) = plan["units"]
+    (unit,) = map_items(plan)
     counts: Counter[str] = Counter()
+
+    new_example = Examples()
 
     @given(data=st.data(), step=st.sampled_from(["unit", "close"]))
     def check(data: st.DataObject, step: str) -> None:
+        new_example()
         base = unit if step == "unit" else {"run_id": plan["run_id"], "error": {}}
         event, _ = data.draw(mutated(base))
         try:
@@ -331,3 +395,78 @@ def test_unit_and_close_steps_never_crash(wired):
 
     check()
     report("scheduled_task.unit/close", counts)
+
+
+# ---- what the fuzz run found: records that repeat a rule, events with more rules than one item holds ----
+def test_a_rule_the_record_lists_thousands_of_times_is_judged_claimed_and_recorded_once(wired, sg):
+    """The "huge" mutation of a securityGroupRuleSet: 5,000 copies of one rule were 5,000 verdicts, claims
+    and ledger actions (over 10 minutes, then a record over DynamoDB's 400 KB and a StoryError)."""
+    from handlers import sg_events
+
+    wired()
+    group = sg.group()
+    sg.ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
+    )
+    world = [r for r in sg.rules(group) if r.get("CidrIpv4") == "0.0.0.0/0"]
+    event = readdress(record("authorize_sg_ingress_modern"), ACCOUNT_A, REGION, group, world, event_id="e-huge")
+    rule_set = event["detail"]["responseElements"]["securityGroupRuleSet"]
+    rule_set["items"] = rule_set["items"] * 5000
+
+    result = sg_events.handler(event, FakeLambdaContext())
+
+    assert result["counts"] == {"revoked": 1, "rules_checked": 1}
+    assert not [r for r in sg.rules(group) if r.get("CidrIpv4") == "0.0.0.0/0"]
+    (action,) = sg.ledger.get_run(result["run_id"])["actions"]
+    assert action["resource"] == world[0]["SecurityGroupRuleId"]
+
+
+def test_a_record_that_lists_a_rule_again_differently_has_its_groups_rules_judged():
+    from automations.security_groups.events import SgChange, parse_event
+
+    event = record("authorize_sg_ingress_modern")
+    items = event["detail"]["responseElements"]["securityGroupRuleSet"]["items"]
+    items.append({**items[0], "fromPort": 3389, "toPort": 3389})
+
+    change = parse_event(event)
+
+    assert isinstance(change, SgChange) and len(change.rules) == 1
+    assert [u for u in change.unclear if "listed again, differently" in u]  # fail closed: the group is read
+
+
+def test_an_event_with_more_findings_than_one_item_holds_is_recorded_and_announced_in_bounds(ledger):
+    """1,000 revoked rules (a group at EC2's highest rules quota): every one counted, the record and the
+    announcement within DynamoDB's 400 KB, failures listed first, and what is left out said so."""
+    from dataclasses import replace
+
+    from automations.security_groups.enforcement import Outcome
+    from automations.security_groups.events import Actor, Envelope
+    from automations.security_groups.policy import SgRule
+    from automations.security_groups.remediation import (
+        MAX_ALERT_DETAILS,
+        MAX_RECORDED_ACTIONS,
+        Remediation,
+        tell,
+    )
+    from tests.sg_events import NOW, POLICY
+
+    world = SgRule(ACCOUNT_A, REGION, "sg-0123456789abcdef0", "sgr-0", False, "tcp", 22, 22, cidr_ipv4="0.0.0.0/0")
+    verdict = POLICY.evaluate(world, NOW.date())
+    assert verdict is not None and verdict.action == "revoke"
+    outcomes = [Outcome(replace(verdict, rule=replace(world, rule_id=f"sgr-{i:017x}")), "revoked") for i in range(1000)]
+    outcomes[-1].result, outcomes[-1].error = "failed", "UnauthorizedOperation: not allowed"
+    actor = Actor("arn:aws:iam::210987654321:user/dana", "IAMUser", "198.51.100.7", "console")
+    rem = Remediation(Envelope("e-many", "AuthorizeSecurityGroupIngress", ACCOUNT_A, REGION, actor, NOW), outcomes)
+
+    result = tell(rem, ledger, None, NOW)
+
+    assert result["counts"] == {"revoked": 999, "failed": 1, "rules_checked": 0}
+    run = ledger.get_run(result["run_id"])
+    assert len(run["actions"]) == MAX_RECORDED_ACTIONS and run["actions_omitted"] == 1000 - MAX_RECORDED_ACTIONS
+    assert run["actions"][0]["outcome"] == "failed"  # what on-call must see is never the part left out
+    assert len(json.dumps(run, default=str)) < 400_000
+    announced = ledger.table.get_item(Key={"pk": "OUTBOX#sg#e-many", "sk": "OUTBOX"})["Item"]["alert"]
+    assert len(announced["details"]) == MAX_ALERT_DETAILS and announced["details"][0].startswith("failed:")
+    assert f"{1000 - MAX_ALERT_DETAILS} more finding(s) not listed" in announced["context"]
+    assert len(json.dumps(announced, default=str)) < 20_000

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from opsbot.local.hub import create_manifest_bucket
 from tests.conftest import ACCOUNT_A, ACCOUNT_B, FIXTURES, FakeLambdaContext
+from tests.map_support import map_items
 
 FLEET = f"""
 role_prefix: opsbot
@@ -32,6 +34,7 @@ def handler(hub_session, tmp_path, monkeypatch) -> Any:
     monkeypatch.setenv("OPSBOT_RULES_DIR", str(rules))
     monkeypatch.setenv("OPSBOT_LEDGER_TABLE", "opsbot-ledger")
     monkeypatch.setenv("OPSBOT_IDEMPOTENCY_TABLE", "opsbot-idempotency")
+    monkeypatch.setenv("OPSBOT_MANIFEST_BUCKET", create_manifest_bucket(hub_session))
     from handlers import _wiring, scheduled_task
 
     _wiring.reset()
@@ -52,10 +55,10 @@ def test_plan_units_close_with_duplicate_deliveries(handler, member):
     plan = handler.plan(event, FakeLambdaContext())
     again = handler.plan(event, FakeLambdaContext())  # EventBridge delivered the same event twice
     assert again["run_id"] == plan["run_id"]
-    assert len(plan["units"]) == 4
+    assert len(map_items(plan)) == 4
 
-    results = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]
-    repeat = [handler.unit(u, FakeLambdaContext()) for u in plan["units"]]  # a retried Map branch
+    results = [handler.unit(u, FakeLambdaContext()) for u in map_items(plan)]
+    repeat = [handler.unit(u, FakeLambdaContext()) for u in map_items(plan)]  # a retried Map branch
     assert repeat == results
     assert sum(r["counts"].get("created", 0) for r in results) == 2
     for account in (ACCOUNT_A, ACCOUNT_B):
@@ -67,7 +70,7 @@ def test_plan_units_close_with_duplicate_deliveries(handler, member):
 
 def test_close_after_a_lost_map_marks_missing_units(handler, member):
     plan = handler.plan(schedule_input(), FakeLambdaContext())
-    handler.unit(plan["units"][0], FakeLambdaContext())
+    handler.unit(map_items(plan)[0], FakeLambdaContext())
     closed = handler.close(
         {"run_id": plan["run_id"], "error": {"Error": "States.Timeout", "Cause": "Map timed out"}},
         FakeLambdaContext(),
@@ -83,7 +86,7 @@ def test_close_after_a_lost_map_marks_missing_units(handler, member):
 def test_unit_near_timeout_closes_partial(handler, member):
     member(ACCOUNT_A, "us-east-1").volume({"OpsTaskList": "snapshot-daily"})
     plan = handler.plan(schedule_input(), FakeLambdaContext())
-    for u in plan["units"]:
+    for u in map_items(plan):
         handler.unit(u, FakeLambdaContext(remaining_ms=20_000))  # under the 30 s margin
     closed = handler.close({"run_id": plan["run_id"]}, FakeLambdaContext())
     assert closed["status"] == "PARTIAL"
@@ -98,9 +101,9 @@ def test_close_waits_for_a_unit_still_running_and_fails_one_that_died(handler, m
 
     with freeze_time("2026-11-25 03:01:00"):
         plan = handler.plan(schedule_input(), FakeLambdaContext())
-        for u in plan["units"][1:]:
+        for u in map_items(plan)[1:]:
             handler.unit(u, FakeLambdaContext())
-        first = plan["units"][0]
+        first = map_items(plan)[0]
         # A duplicate execution is still working on this unit: its record says RUNNING.
         runtime().ledger.record_unit(
             first["run_id"], first["account"], first["region"], status="RUNNING", started_at="2026-11-25T03:00:30Z"
@@ -133,9 +136,9 @@ def test_the_sweeper_reaps_an_execution_that_died_and_delivers_its_announcement(
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
     plan = handler.plan(schedule_input(), FakeLambdaContext())
-    handler.unit(plan["units"][0], FakeLambdaContext())
+    handler.unit(map_items(plan)[0], FakeLambdaContext())
     ledger = _wiring.runtime().ledger
-    ledger.record_unit(plan["run_id"], ACCOUNT_B, "us-east-1", status="RUNNING", started_at=plan["units"][0]["slot"])
+    ledger.record_unit(plan["run_id"], ACCOUNT_B, "us-east-1", status="RUNNING", started_at=map_items(plan)[0]["slot"])
 
     with freeze_time(datetime.now(UTC) + timedelta(hours=25)):
         first = sweeper.handler({}, FakeLambdaContext())
@@ -172,3 +175,20 @@ def test_a_reaper_that_fails_never_keeps_the_others_or_the_outbox_from_running(h
     assert "check runs" in str(failed.value) and "quotas.yaml" in str(failed.value)
     assert ledger.get_run(plan["run_id"])["status"] == "FAILED"
     assert ledger.get_run("lambda-concurrency-20151008T0300Z-aaaaaa")["status"] == "RUNNING"
+
+
+def test_a_unit_a_busy_member_refused_runs_when_the_state_machine_retries_it(handler, member):
+    """MemberBusy leaves no unit record and no idempotency record behind: the Map's Retry runs it later."""
+    from automations.core.caps import MemberBusy
+    from handlers._wiring import runtime
+
+    member(ACCOUNT_A, "us-east-1").volume({"OpsTaskList": "snapshot-daily"})
+    plan = handler.plan(schedule_input(), FakeLambdaContext())
+    unit = next(u for u in map_items(plan) if (u["account"], u["region"]) == (ACCOUNT_A, "us-east-1"))
+    rt = runtime()
+    with rt.caps.hold("snapshot-weekly-20261125T0400Z-abcdef", ACCOUNT_A, "us-east-1"):  # another task's unit
+        with pytest.raises(MemberBusy):
+            handler.unit(unit, FakeLambdaContext())
+        assert rt.ledger.units(plan["run_id"]) == []
+    result = handler.unit(unit, FakeLambdaContext())
+    assert result["status"] == "SUCCEEDED" and result["counts"]["created"] == 1

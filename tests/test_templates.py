@@ -432,26 +432,46 @@ def test_state_machine_error_handling(hub: dict[str, Any]) -> None:
 
     run_units = states["RunUnits"]
     assert run_units["Type"] == "Map"
-    assert run_units["ItemsPath"] == "$.plan.units"
-    # The concurrency comes from the UnitMaxConcurrency parameter, as a number.
+    # A Distributed Map over the manifest Plan wrote to S3: the state carries where it is, not the units.
+    assert run_units["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert run_units["ItemReader"]["Resource"] == "arn:${Partition}:states:::s3:getObject"
+    assert run_units["ItemReader"]["Parameters"] == {
+        "Bucket.$": "$.plan.manifest.bucket",
+        "Key.$": "$.plan.manifest.key",
+    }
+    assert run_units["ItemSelector"]["account.$"] == "$$.Map.Item.Value.account"
+    assert run_units["ItemSelector"]["run_id.$"] == "$.plan.run_id"
+    assert run_units["ResultWriter"]["Parameters"]["Bucket"] == "${ManifestBucket}"
+    assert run_units["ResultSelector"] == {"results.$": "$.ResultWriterDetails"}
+    # The concurrency comes from the UnitMaxConcurrency parameter, as a number; so does the tolerance.
     assert run_units["MaxConcurrencyPath"] == "$.plan.max_concurrency"
     assert states["Plan"]["ResultSelector"]["max_concurrency.$"] == "States.StringToJson('${UnitMaxConcurrency}')"
     assert machine["DefinitionSubstitutions"]["UnitMaxConcurrency"] == {"Ref": "UnitMaxConcurrency"}
+    assert run_units["ToleratedFailurePercentagePath"] == "$.plan.tolerated_failure_percentage"
+    assert hub["Parameters"]["UnitToleratedFailurePercentage"]["Default"] == 100  # one account never stops all
     assert run_units["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Close"}]
     assert run_units["Next"] == "Close"
 
-    # A failed unit is swallowed inside the iteration and never fails the Map.
-    (unit_catch,) = states["RunUnit"]["Catch"]
-    assert unit_catch["ErrorEquals"] == ["States.ALL"]
-    assert states[unit_catch["Next"]]["Parameters"]["status"] == "FAILED"
+    # A unit refused by a member's cap waits and tries again; a unit that still fails is a FAILED child.
+    assert "MemberBusy" in {e for r in states["RunUnit"]["Retry"] for e in r["ErrorEquals"]}
+    assert "Catch" not in states["RunUnit"]
     # No path is read from the unit's result: a missing path is a States.Runtime error, which no Catch takes.
     assert not any(k.endswith(".$") for k in states["RunUnit"].get("ResultSelector", {}))
 
     close = states["Close"]["Parameters"]["Payload"]
-    assert close == {"run_id.$": "$.plan.run_id", "error.$": "$.error"}
-    # $.error must exist when the Map succeeds too: the first state sets an empty one.
+    assert close == {"run_id.$": "$.plan.run_id", "error.$": "$.error", "results.$": "$.map.results"}
+    # $.error and $.map.results must exist whatever the Map did: the first states set empty ones.
     first = states[definition["StartAt"]]
     assert first["Type"] == "Pass" and first["ResultPath"] == "$.error" and first["Result"] == {}
+    second = states[first["Next"]]
+    assert second["ResultPath"] == "$.map" and second["Result"] == {"results": None}
+
+    # The machine may start and watch its own children, and read and write only opsbot's manifests.
+    statements = [s for p in machine["Policies"] if "Statement" in p for s in p["Statement"]]
+    by_sid = {s["Sid"]: s for s in statements}
+    assert by_sid["ChildExecutions"]["Action"] == "states:StartExecution"
+    assert machine["Name"] == {"Fn::Sub": "${AWS::StackName}-snapshot-run"}
+    assert by_sid["ManifestAndResults"]["Resource"] == {"Fn::Sub": "${ManifestBucket.Arn}/*"}
 
 
 def test_alarms_report_failed_runs_and_dead_letters(hub: dict[str, Any]) -> None:

@@ -19,6 +19,14 @@ Items (single-table, next to the runs; see automations/ledger.py):
   pk = ALERT#<account>#<region>, sk = KEY#<check key>   one Query per unit reads them all
   pk = ALERT#<account>#<region>, sk = MEMO#<check>      what a check keeps between runs (same Query)
   gsi1pk = "ALERT", gsi1sk = <alert id>                 look an alert up by its id (by-time index)
+  pending_pk = "ALERT", pending_sk = <alert id>         only while OPEN: the open alerts (sparse pending index)
+``open_alerts()`` is one keyed Query of the sparse pending index, which holds open alerts only: every write
+of an alert is a whole-item put that carries pending_pk/pending_sk while the alert is open and leaves them
+out once it resolves, so resolved alerts drop out of the index (as finished runs and delivered
+announcements do). Alerts written before the index held them (no pending_pk) are re-keyed by their next
+write: every check of an account/region rewrites each of its open alerts (a steady one too), so they are
+back in the list after the next check that measures them; ``rekey_open_alerts()`` re-keys them all at
+once (one pass over the by-time "ALERT" list), e.g. for alerts whose account/region is no longer checked.
 The alert id is stable for one episode (opened -> resolved) and new for the next. Alerts about a
 Lambda function store the function (name, ARN, account, region, reservation) under ``target``: a
 kill switch acts only on the target named by the stored, still-open alert it was given the id of.
@@ -35,14 +43,23 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from boto3.dynamodb.conditions import Attr, Key
+from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from automations.breach_checks.kinds import Measurement
 from automations.breach_checks.rules import Thresholds
 from automations.core.clock import iso, parse_time, utcnow
 from automations.core.iam import LEDGER, grants
-from automations.core.ledger import CONDITION_FAILED, RUNS_INDEX, new_token, plain, query_all, to_dynamo, transact
+from automations.core.ledger import (
+    CONDITION_FAILED,
+    PENDING_INDEX,
+    RUNS_INDEX,
+    new_token,
+    plain,
+    query_all,
+    to_dynamo,
+    transact,
+)
 from automations.core.notify import Alert
 from automations.core.outbox import Outbox
 
@@ -51,6 +68,7 @@ ALERT_STATE_GRANTS = grants(LEDGER, "dynamodb:Query", "dynamodb:GetItem", "dynam
 OPEN = "OPEN"
 RESOLVED = "RESOLVED"
 ALERTS_INDEX_KEY = "ALERT"  # gsi1pk of alert items in the by-time index
+OPEN_ALERTS_KEY = "ALERT"  # pending_pk of open alerts (only) in the sparse pending index
 NOTIFY_EVENTS = ("opened", "escalated", "reminder", "resolved")
 
 
@@ -270,6 +288,10 @@ class AlertBook:
                 "expires_at": int((now + timedelta(days=self.ttl_days)).timestamp()),
                 "token": token,
             }
+            item.update(self.open_keys(item))
+            if item["status"] != OPEN:  # resolved: out of the open list (the put replaces the whole item)
+                item.pop("pending_pk", None)
+                item.pop("pending_sk", None)
             previous = (current or {}).get("percent") if current and current.get("status") == OPEN else None
             transition = Transition(event, plain(to_dynamo(item)), previous, m)
             if transition.notify and outbox is not None and render is not None:
@@ -315,10 +337,51 @@ class AlertBook:
         current = self.state(found["account"], found["region"], found["key"])  # the index lags a little
         return current if current and current.get("alert_id") == alert_id else None
 
+    @staticmethod
+    def open_keys(item: Mapping[str, Any]) -> dict[str, str]:
+        """The sparse-index keys an open alert carries (none for a resolved one)."""
+        if item.get("status") != OPEN:
+            return {}
+        return {"pending_pk": OPEN_ALERTS_KEY, "pending_sk": str(item["alert_id"])}
+
     def open_alerts(self) -> list[dict[str, Any]]:
+        """Every open alert, newest first: one keyed Query (paged) of the sparse pending index, which holds
+        open alerts only; resolved alerts are never read."""
         return list(
-            self._index(
-                KeyConditionExpression=Key("gsi1pk").eq(ALERTS_INDEX_KEY),
-                FilterExpression=Attr("status").eq(OPEN),
+            query_all(
+                self.table,
+                IndexName=PENDING_INDEX,
+                KeyConditionExpression=Key("pending_pk").eq(OPEN_ALERTS_KEY),
+                ScanIndexForward=False,
             )
         )
+
+    def rekey_open_alerts(self) -> int:
+        """One-off migration: give every open alert written before the open list existed its sparse-index
+        keys (one pass over the by-time "ALERT" list, open and resolved, a conditional update for each open
+        one without them). Safe to run again, and concurrently with checks (an alert changed meanwhile is
+        left to its own write, which carries the keys). Returns how many alerts it re-keyed."""
+        done = 0
+        for item in self._index(KeyConditionExpression=Key("gsi1pk").eq(ALERTS_INDEX_KEY)):
+            if item.get("status") != OPEN or "pending_pk" in item:
+                continue
+            keys = self.open_keys(item)
+            try:
+                self.table.update_item(
+                    Key={"pk": item["pk"], "sk": item["sk"]},
+                    UpdateExpression="SET pending_pk = :ppk, pending_sk = :psk",
+                    ConditionExpression="#s = :open AND #v = :v AND attribute_not_exists(pending_pk)",
+                    ExpressionAttributeNames={"#s": "status", "#v": "version"},
+                    ExpressionAttributeValues={
+                        ":ppk": keys["pending_pk"],
+                        ":psk": keys["pending_sk"],
+                        ":open": OPEN,
+                        ":v": int(item.get("version") or 0),
+                    },
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in CONDITION_FAILED:
+                    raise
+                continue  # changed since the index was read: its own write keyed it (or resolved it)
+            done += 1
+        return done

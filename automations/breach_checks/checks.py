@@ -15,10 +15,11 @@ instead of a failed-run message every five minutes. Nothing here changes anythin
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,12 +27,14 @@ from automations.breach_checks.alerts import OPEN, AlertBook, Level, Transition,
 from automations.breach_checks.kinds import CHECK_KINDS, MeasureContext, Measurement
 from automations.breach_checks.messages import alert_message
 from automations.breach_checks.rules import BreachRules
+from automations.core.boundary import InputError
 from automations.core.clock import utcnow
 from automations.core.deadline import Deadline
 from automations.core.errors import error_text
 from automations.core.fleet import Fleet, SessionBroker
 from automations.core.kinds import UnitOutcome
 from automations.core.ledger import Action, Ledger
+from automations.core.manifest import ManifestStore
 from automations.core.notify import Notifier
 from automations.core.outbox import Outbox
 from automations.core.runs import (
@@ -45,7 +48,7 @@ from automations.core.runs import (
     open_run,
     overdue_runs,
     reap_each,
-    run_in_pool,
+    run_locally,
 )
 
 log = logging.getLogger(__name__)
@@ -83,8 +86,9 @@ def plan_check(
     *,
     accounts: list[str] | None = None,
     regions: list[str] | None = None,
+    manifests: ManifestStore | None = None,
 ) -> Plan:
-    """Open the run record and list its units. ``when`` is the scheduled time (or now)."""
+    """Open the run record and list its units (in S3 with ``manifests``). ``when``: the scheduled time."""
     if check not in CHECK_KINDS:
         raise RunError(f"unknown check {check!r}; defined: {CHECK_KINDS.names()}")
     slot = (when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)).replace(second=0, microsecond=0)
@@ -102,17 +106,12 @@ def plan_check(
         scope={"accounts": accounts, "regions": regions},
         note=None if enabled else f"{check} is disabled in rules/quotas.yaml",
         lifetime=CHECK_RUN_LIFETIME if trigger.type == "schedule" else None,
+        manifests=manifests,
     )
 
 
 def _record_expiry(now: datetime) -> int:
     return int((now + timedelta(days=CHECK_RECORD_DAYS)).timestamp())
-
-
-def batches(plan: Plan, size: int = UNITS_PER_BATCH) -> list[dict[str, Any]]:
-    """The Map's items: ``{"units": [...]}`` of at most ``size`` units each."""
-    units = [asdict(u) for u in plan.units]
-    return [{"units": units[i : i + size]} for i in range(0, len(units), max(1, size))]
 
 
 @dataclass
@@ -176,10 +175,19 @@ class _Observer:
 
 
 def _observer(
-    book: AlertBook, notifier: Notifier | None, rules: BreachRules, fleet: Fleet, account: str, region: str
+    book: AlertBook,
+    notifier: Notifier | None,
+    rules: BreachRules,
+    fleet: Fleet,
+    account: str,
+    region: str,
+    name: str | None = None,
 ) -> _Observer:
-    member = fleet.account(account)
-    return _Observer(book, notifier, rules, account, region, member.name if member else account, Counter())
+    """``name``: the account's name as the manifest carries it; else the fleet is asked (Organizations)."""
+    if name is None:
+        member = fleet.account(account)
+        name = member.name if member else account
+    return _Observer(book, notifier, rules, account, region, name, Counter())
 
 
 NO_DATA_LIMIT = 3  # consecutive checks without a usable reading before on-call hears it cannot be watched
@@ -217,10 +225,12 @@ def run_check_unit(
     notifier: Notifier | None,
     deadline: Deadline | None = None,
     clock: Callable[[], datetime] = utcnow,
+    write_unit: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
-    """Measure one account/region and move its alerts; always records the unit, whatever happens."""
+    """Measure one account/region and move its alerts; always records the unit, whatever happens
+    (through ``write_unit`` when its batch shares one writer)."""
     kind = CHECK_KINDS.get(unit.job)
-    observe = _observer(book, notifier, rules, fleet, unit.account, unit.region)
+    observe = _observer(book, notifier, rules, fleet, unit.account, unit.region, unit.account_name)
     states: dict[str, dict[str, Any]] = {}
 
     def work(record: Callable[[Action], None]) -> UnitOutcome:
@@ -280,7 +290,14 @@ def run_check_unit(
     # One write per unit: a check changes nothing in the member account and its Close runs after its
     # own units, so the RUNNING marker (for a Close racing a duplicate execution) is not needed.
     summary = execute_unit(
-        unit, ledger, deadline or Deadline.never(), work, clock=clock, on_failure=failed, mark_running=False
+        unit,
+        ledger,
+        deadline or Deadline.never(),
+        work,
+        clock=clock,
+        on_failure=failed,
+        mark_running=False,
+        write_unit=write_unit,
     )
     summary.setdefault("check", unit.job)
     summary.setdefault("metric_calls", 0)
@@ -300,10 +317,19 @@ def run_check_batch(
     clock: Callable[[], datetime] = utcnow,
     threads: int = BATCH_THREADS,
 ) -> list[dict[str, Any]]:
-    """Many units in one invocation, on threads. Each is recorded on its own; one that raised (its last
-    ledger write failed) is returned FAILED and, having no record, counts as failed at Close."""
+    """Many units of one run in one invocation, on threads. Their records go through one batch writer
+    (25 a BatchWriteItem, the rest when the batch ends); a unit that raised is returned FAILED and, having
+    no record, counts as failed at Close - as does every unit of a batch whose last write failed (the
+    invocation raises, and the Map's results say why)."""
+    if len({u.run_id for u in units}) > 1:
+        raise InputError("unit batch", "Items", "units of more than one run in one batch")
+    lock = threading.Lock()  # boto3's batch writer is not thread-safe
 
-    def one(unit: Unit) -> dict[str, Any]:
+    def one(unit: Unit, write: Callable[..., None]) -> dict[str, Any]:
+        def locked(account: str, region: str, **attrs: Any) -> None:
+            with lock:
+                write(account, region, **attrs)
+
         try:
             return run_check_unit(
                 unit,
@@ -315,6 +341,7 @@ def run_check_batch(
                 notifier=notifier,
                 deadline=deadline,
                 clock=clock,
+                write_unit=locked,
             )
         except Exception as exc:
             log.exception("unit %s %s/%s raised", unit.job, unit.account, unit.region)
@@ -331,8 +358,11 @@ def run_check_batch(
 
     if not units:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(units)))) as pool:
-        return list(pool.map(one, units))
+    with (
+        ledger.unit_writer(units[0].run_id) as write,
+        ThreadPoolExecutor(max_workers=max(1, min(threads, len(units)))) as pool,
+    ):
+        return list(pool.map(lambda u: one(u, write), units))
 
 
 def close_check(
@@ -344,15 +374,17 @@ def close_check(
     book: AlertBook,
     notifier: Notifier | None,
     reason: str | None = None,
+    manifests: ManifestStore | None = None,
+    results: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Close the run from its unit records. A planned unit with no record opens its 'cannot check' alert."""
 
-    def missing(run: dict[str, Any], planned: str, error: str) -> None:
+    def missing(run: dict[str, Any], planned: str, error: str, name: str | None) -> None:
         account, region = planned.split("/")
-        observe = _observer(book, notifier, rules, fleet, account, region)
+        observe = _observer(book, notifier, rules, fleet, account, region, name)
         observe.report_failure(run["task"], error, book.state(account, region, access_key(run["task"])))
 
-    closed, _ = close(run_id, ledger, reason=reason, on_missing=missing)
+    closed, _ = close(run_id, ledger, reason=reason, on_missing=missing, manifests=manifests, results=results)
     return closed
 
 
@@ -367,16 +399,29 @@ def run_checks_now(
     notifier: Notifier | None,
     max_workers: int = 8,
     clock: Callable[[], datetime] = utcnow,
+    manifests: ManifestStore | None = None,
 ) -> dict[str, Any]:
-    """Local/test runner: the state machine's plan/unit/close steps, with the units in a thread pool."""
-    raised = run_in_pool(
-        plan.units,
+    """Local/test runner: the state machine's plan/unit/close steps, with the units (read back from the
+    plan's manifest) in a thread pool."""
+    raised, results = run_locally(
+        plan,
         lambda u: run_check_unit(
             u, rules=rules, fleet=fleet, broker=broker, ledger=ledger, book=book, notifier=notifier, clock=clock
         ),
+        manifests,
         max_workers,
     )
-    return close_check(plan.run_id, ledger, rules=rules, fleet=fleet, book=book, notifier=notifier, reason=raised)
+    return close_check(
+        plan.run_id,
+        ledger,
+        rules=rules,
+        fleet=fleet,
+        book=book,
+        notifier=notifier,
+        reason=raised,
+        manifests=manifests,
+        results=results,
+    )
 
 
 def reap_check_runs(
@@ -386,6 +431,7 @@ def reap_check_runs(
     fleet: Fleet,
     book: AlertBook,
     notifier: Notifier | None,
+    manifests: ManifestStore | None = None,
 ) -> list[dict[str, Any]]:
     """Close check runs still RUNNING past their deadline; their missing units open 'cannot check' alerts.
     ``rules`` may be a loader: read only when there is a run to close (quotas.yaml is optional)."""
@@ -396,7 +442,14 @@ def reap_check_runs(
     return reap_each(
         overdue,
         lambda run: close_check(
-            run["run_id"], ledger, rules=loaded, fleet=fleet, book=book, notifier=notifier, reason=REAPED
+            run["run_id"],
+            ledger,
+            rules=loaded,
+            fleet=fleet,
+            book=book,
+            notifier=notifier,
+            reason=REAPED,
+            manifests=manifests,
         ),
     )
 

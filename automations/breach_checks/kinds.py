@@ -14,12 +14,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from automations.core.iam import Grant
 from automations.core.registry import Registry
 from automations.core.rulebook import LoadedDocument, Problem
-from automations.core.runs import Unit
+
+if TYPE_CHECKING:  # the run machinery is the unit step's, not the alert lookups' (the Slack endpoint)
+    from automations.core.runs import Unit
 
 S = TypeVar("S")
 
@@ -119,4 +121,7 @@ class CheckKind(Generic[S]):
         raise NotImplementedError
 
 
-CHECK_KINDS: Registry[CheckKind[Any]] = Registry("breach check")
+# Both checks are loaded on the registry's first read: a path that only reads alerts loads neither.
+CHECK_KINDS: Registry[CheckKind[Any]] = Registry(
+    "breach check", ("automations.breach_checks.lambda_concurrency", "automations.breach_checks.service_quotas")
+)

@@ -1,5 +1,13 @@
 """The fleet: which member accounts and regions opsbot acts in, and sessions into them.
 
+The fleet document (rules/fleet.yaml, or the SSM parameter the hub reads) lists accounts (``accounts``,
+for small setups without an organisation) and/or names what to take from AWS Organizations
+(``organization``: OUs and accounts to include, what to exclude, regions configured or each account's
+enabled ones; ``automations/core/organization.py``). A fleet with an ``organization`` discovers its
+accounts on first use, not when it is built, and again once the last discovery is older than
+``DISCOVERY_MAX_AGE``: so a new account in a target OU is in the next plan without a redeploy, and a
+function that never asks for the accounts (the Slack endpoint) never calls Organizations.
+
 The hub assumes one member role per capability (``<role_prefix>-snapshots``, ``-security-groups``,
 ``-breach-checks``, ``-kill-switches``; template-member.yaml), with an ExternalId, in each member account:
 the read-only checker cannot delete a snapshot and the snapshot task cannot flip a switch. Each broker
@@ -16,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -25,11 +33,24 @@ from botocore.exceptions import BotoCoreError, ClientError
 from automations.core import compiled
 from automations.core.rulebook import LoadedDocument, Problem, RuleFile, load_document, validate_document
 
+if TYPE_CHECKING:  # imported on first discovery: a fleet without an organisation never needs it
+    from automations.core.organization import Discovery
+
 # Standard mode retries throttling and transient errors with backoff; 8 attempts rides out bursts.
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=32)
 # For creates that take no client token (CreateSnapshot, CopySnapshot): a retry must look first, so
 # botocore must not retry by itself (automations.snapshots.common.create_once does it).
 NO_RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 1})
+
+# How long a process trusts what it discovered in the organisation (seconds). Membership is re-read
+# after a minute: every plan (at most one per check schedule, 5 minutes apart) sees the organisation
+# as it is, while event handlers in a warm container do not walk it per event. Each account's enabled
+# regions (one account:ListRegions call per account, the costly part at a thousand accounts) are re-read
+# hourly: opting a region in is itself slow and rare; a new account's are read the first time it is seen.
+# A failed re-discovery serves the last one for up to STALE_LIMIT, then raises.
+DISCOVERY_MAX_AGE = 60.0
+REGIONS_MAX_AGE = 3600.0
+STALE_LIMIT = 900.0
 
 
 @dataclass(frozen=True)
@@ -40,15 +61,199 @@ class MemberAccount:
 
 
 @dataclass(frozen=True)
-class Fleet:
-    accounts: tuple[MemberAccount, ...]
+class OrganizationScope:
+    """The fleet document's ``organization``: which accounts of the organisation are in the fleet."""
+
+    include: tuple[str, ...]  # OU or root ids (with every OU nested under them) and account ids
+    exclude: tuple[str, ...] = ()  # account ids, and OU ids whose whole subtree is left out
+    regions: tuple[str, ...] | None = None  # None: each account's enabled regions (account:ListRegions)
+    allowed_regions: tuple[str, ...] | None = None  # with enabled regions: only these, in this order
+
+    @property
+    def include_accounts(self) -> frozenset[str]:
+        return frozenset(i for i in self.include if is_account_id(i))
+
+    @property
+    def include_parents(self) -> tuple[str, ...]:
+        return tuple(i for i in self.include if not is_account_id(i))
+
+    @property
+    def exclude_accounts(self) -> frozenset[str]:
+        return frozenset(i for i in self.exclude if is_account_id(i))
+
+    @property
+    def exclude_parents(self) -> frozenset[str]:
+        return frozenset(i for i in self.exclude if not is_account_id(i))
+
+
+def is_account_id(value: str) -> bool:
+    return len(value) == 12 and value.isdigit()
+
+
+@dataclass(frozen=True)
+class FleetDocument:
+    """What the fleet document says, validated: listed accounts, discovery, how to reach the members."""
+
+    accounts: tuple[MemberAccount, ...] = ()
     role_prefix: str = "opsbot"
     external_id: str | None = None
     session_duration_seconds: int = 3600
     partition: str = "aws"
+    organization: OrganizationScope | None = None
+
+
+class Fleet:
+    """The member accounts and regions opsbot acts in, and how to reach them.
+
+    ``accounts`` are the document's listed accounts, merged with those discovered from its
+    ``organization`` (a listed account wins over a discovered one with the same id: its name and regions
+    are used). Discovery happens on first use and is cached as described at DISCOVERY_MAX_AGE; it uses the
+    session given to ``discovering_with`` (``build_runtime`` gives the hub's), else a default session.
+    Role names and the ExternalId come from the document alone: a broker never discovers anything."""
+
+    def __init__(
+        self,
+        accounts: Iterable[MemberAccount] = (),
+        role_prefix: str = "opsbot",
+        external_id: str | None = None,
+        session_duration_seconds: int = 3600,
+        partition: str = "aws",
+        organization: OrganizationScope | None = None,
+    ) -> None:
+        document = FleetDocument(
+            tuple(accounts), role_prefix, external_id, session_duration_seconds, partition, organization
+        )
+        self._read: Callable[[], FleetDocument] = lambda: document
+        self._session: boto3.Session | None = None
+        self._on_client: Callable[[Any], None] | None = None
+        self._clock: Callable[[], float] = time.monotonic
+        self._max_age = (DISCOVERY_MAX_AGE, REGIONS_MAX_AGE, STALE_LIMIT)
+        self._discovery: Discovery | None = None
+        self._lock = threading.Lock()
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def of(cls, document: FleetDocument) -> Fleet:
+        return cls(
+            document.accounts,
+            document.role_prefix,
+            document.external_id,
+            document.session_duration_seconds,
+            document.partition,
+            document.organization,
+        )
+
+    @classmethod
+    def reading(cls, read: Callable[[], FleetDocument]) -> Fleet:
+        """A fleet whose document ``read`` gives, called on each use (so it should cache: a parameter read
+        through Powertools Parameters is re-fetched only every few minutes) and first called on first use:
+        a process that never uses the fleet never reads it."""
+        fleet = cls()
+        fleet._read = read
+        return fleet
+
+    def discovering_with(
+        self,
+        session: boto3.Session,
+        *,
+        on_client: Callable[[Any], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        max_age: float = DISCOVERY_MAX_AGE,
+        regions_max_age: float = REGIONS_MAX_AGE,
+        stale_limit: float = STALE_LIMIT,
+    ) -> Fleet:
+        """The same fleet (same document source), discovering with ``session``, with a cache of its own."""
+        fleet = type(self)()
+        fleet._read = self._read
+        fleet._session, fleet._on_client = session, on_client
+        fleet._clock = clock or time.monotonic
+        fleet._max_age = (max_age, regions_max_age, stale_limit)
+        return fleet
+
+    # ---- the document --------------------------------------------------------------------------------
+    @property
+    def document(self) -> FleetDocument:
+        return self._read()
+
+    @property
+    def role_prefix(self) -> str:
+        return self.document.role_prefix
+
+    @property
+    def external_id(self) -> str | None:
+        return self.document.external_id
+
+    @property
+    def session_duration_seconds(self) -> int:
+        return self.document.session_duration_seconds
+
+    @property
+    def partition(self) -> str:
+        return self.document.partition
+
+    @property
+    def organization(self) -> OrganizationScope | None:
+        return self.document.organization
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Fleet) and other.document == self.document
+
+    def __hash__(self) -> int:
+        return hash(self.document)
+
+    def __repr__(self) -> str:
+        return f"Fleet({self.document!r})"
+
+    # ---- the accounts --------------------------------------------------------------------------------
+    def _discovery_of(self, document: FleetDocument) -> Discovery | None:
+        scope = document.organization
+        if scope is None:
+            return None
+        with self._lock:
+            if self._discovery is None or self._discovery.scope != scope:
+                from automations.core.organization import Discovery
+
+                max_age, regions_max_age, stale_limit = self._max_age
+                self._discovery = Discovery(
+                    scope,
+                    self._session or boto3.Session(),
+                    partition=document.partition,
+                    client_config=CLIENT_CONFIG,
+                    on_client=self._on_client,
+                    clock=self._clock,
+                    max_age=max_age,
+                    regions_max_age=regions_max_age,
+                    stale_limit=stale_limit,
+                )
+            return self._discovery
+
+    @property
+    def accounts(self) -> tuple[MemberAccount, ...]:
+        """Listed and discovered, in the order: discovered (by account id), then listed-only ones."""
+        document = self.document
+        discovery = self._discovery_of(document)
+        if discovery is None:
+            return document.accounts
+        listed = {a.id: a for a in document.accounts}
+        found = discovery.accounts()
+        merged = [listed.get(a.id, a) for a in found]
+        known = {a.id for a in found}
+        return (*merged, *(a for a in document.accounts if a.id not in known))
 
     def account(self, account_id: str) -> MemberAccount | None:
-        return next((a for a in self.accounts if a.id == account_id), None)
+        """One account, if it is in the fleet. With an organisation, asks about this account only (a
+        handful of calls) unless a whole discovery is fresh: the event handlers' question."""
+        document = self.document
+        listed = next((a for a in document.accounts if a.id == account_id), None)
+        if listed is not None:
+            return listed
+        discovery = self._discovery_of(document)
+        return discovery.account(account_id) if discovery is not None else None
+
+    def refresh(self) -> None:
+        """Forget what was discovered: the next use asks the organisation again."""
+        with self._lock:
+            self._discovery = None
 
     def targets(
         self, accounts: Iterable[str] | None = None, regions: Iterable[str] | None = None
@@ -74,13 +279,33 @@ class Fleet:
 
 def _fleet_checks(doc: LoadedDocument) -> list[Problem]:
     problems = []
+    data = doc.data
+    if "accounts" not in data and "organization" not in data:
+        problems.append(doc.problem((), "no accounts: list them under 'accounts' or discover them with 'organization'"))
     seen: set[str] = set()
-    for i, account in enumerate(doc.data["accounts"]):
+    for i, account in enumerate(data.get("accounts", ())):
         if account["id"] in seen:
             problems.append(doc.problem(("accounts", i, "id"), f"duplicate account id {account['id']!r}"))
         seen.add(account["id"])
-        if "regions" not in account and "default_regions" not in doc.data:
+        if "regions" not in account and "default_regions" not in data:
             problems.append(doc.problem(("accounts", i), "no regions: set 'regions' or 'default_regions'"))
+    org = data.get("organization")
+    if org is not None:
+        if "regions" not in org and "default_regions" not in data:
+            problems.append(
+                doc.problem(("organization",), "no regions: set 'regions' (a list, or enabled) or 'default_regions'")
+            )
+        if "allowed_regions" in org and org.get("regions") != "enabled":
+            problems.append(
+                doc.problem(
+                    ("organization", "allowed_regions"),
+                    "allowed_regions narrows each account's enabled regions: use it with 'regions: enabled'",
+                )
+            )
+        excluded = set(org.get("exclude", ()))
+        for i, target in enumerate(org["include"]):
+            if target in excluded:
+                problems.append(doc.problem(("organization", "include", i), f"{target!r} is also excluded"))
     return problems
 
 
@@ -94,30 +319,51 @@ def fleet_from_document(doc: LoadedDocument) -> Fleet:
     default_regions = tuple(data.get("default_regions", ()))
     accounts = tuple(
         MemberAccount(id=a["id"], name=a.get("name", a["id"]), regions=tuple(a.get("regions", default_regions)))
-        for a in data["accounts"]
+        for a in data.get("accounts", ())
     )
+    organization = None
+    if (org := data.get("organization")) is not None:
+        regions = org.get("regions", default_regions)
+        organization = OrganizationScope(
+            include=tuple(org["include"]),
+            exclude=tuple(org.get("exclude", ())),
+            regions=None if regions == "enabled" else tuple(regions),
+            allowed_regions=tuple(org["allowed_regions"]) if "allowed_regions" in org else None,
+        )
     return Fleet(
         accounts=accounts,
         role_prefix=data.get("role_prefix", "opsbot"),
         external_id=data.get("external_id"),
         session_duration_seconds=data.get("session_duration_seconds", 3600),
         partition=data.get("partition", "aws"),
+        organization=organization,
     )
 
 
 def fleet_to_dict(fleet: Fleet) -> dict[str, Any]:
-    return asdict(fleet)
+    """The document (a fleet with an organisation is compiled as what to discover, not as its accounts)."""
+    return asdict(fleet.document)
 
 
 def fleet_from_dict(data: dict[str, Any]) -> Fleet:
     """A fleet compiled (validated) ahead of time (``core/compiled.py``)."""
     accounts = tuple(MemberAccount(a["id"], a["name"], tuple(a["regions"])) for a in data["accounts"])
-    return Fleet(**{**data, "accounts": accounts})
+    org = data.get("organization")
+    organization = None
+    if org is not None:
+        organization = OrganizationScope(
+            include=tuple(org["include"]),
+            exclude=tuple(org["exclude"]),
+            regions=tuple(org["regions"]) if org["regions"] is not None else None,
+            allowed_regions=tuple(org["allowed_regions"]) if org["allowed_regions"] is not None else None,
+        )
+    return Fleet.of(FleetDocument(**{**data, "accounts": accounts, "organization": organization}))
 
 
 def load_fleet(path: str | Path, text: str | None = None, *, compiled_at: str | Path | None = None) -> Fleet:
     """``compiled_at``: the rules file whose compiled form may be used (by default ``path``); it is used
-    only when it was compiled from this very text, e.g. a fleet parameter that holds the packaged file."""
+    only when it was compiled from this very text, e.g. a fleet parameter that holds the packaged file.
+    Validated now; an organisation's accounts are discovered later, on first use."""
     if text is None:
         text = Path(path).read_text(encoding="utf-8")
     value = compiled.read(compiled_at or path, text, *FLEET_COMPILED_FROM)

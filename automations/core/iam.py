@@ -41,6 +41,17 @@ IDEMPOTENCY_STORE = grants(
 )
 # The fleet document (SSM parameter, re-read every few minutes so new accounts need no redeploy).
 READ_FLEET = grants("FleetParameter", "ssm:GetParameter")
+# The fleet's accounts from AWS Organizations (fleet document ``organization``; core/organization.py), in
+# the organisation template.yaml's MemberOrganizationId names: only where the accounts are used, not
+# where the fleet is only carried (a broker needs the role names, never the organisation).
+DISCOVER_FLEET = grants(
+    "MemberOrganizationId",
+    "organizations:ListAccountsForParent",
+    "organizations:ListChildren",
+    "organizations:DescribeAccount",
+    "organizations:ListParents",
+    "account:ListRegions",
+)
 
 
 def assume_member_role(*capabilities: str) -> frozenset[Grant]:
@@ -68,8 +79,11 @@ SLOT_LOCK = grants(LEDGER, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Del
 LEDGER_RECORD_EVENT = grants(LEDGER, "dynamodb:PutItem")
 # Lists kept in the by-time index: open alerts by id, flipped switches.
 LEDGER_LISTS = grants(LEDGER_INDEX, "dynamodb:Query")
-# What is unfinished (the sparse pending index): RUNNING runs by deadline, undelivered announcements.
+# The sparse pending index: RUNNING runs by deadline, undelivered announcements, open breach alerts.
 PENDING_LIST = grants(PENDING_INDEX, "dynamodb:Query")
+# Unit manifests and the Distributed Map's results (ManifestBucket): Plan writes, Close reads.
+MANIFEST_WRITE = grants("ManifestBucket", "s3:PutObject")
+MANIFEST_READ = grants("ManifestBucket", "s3:GetObject")
 # The outbox: an announcement written (in a transaction with its change, or alone), claimed, marked sent.
 OUTBOX = grants(LEDGER, "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem")
 

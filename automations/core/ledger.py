@@ -6,18 +6,29 @@ Single-table layout (pk / sk):
   RUN#<run_id> / ACTION#<account>#<region>#<res>#<action>   one action on one resource
 An event-driven remediation is one item (RUN#sg-<event id> / RUN) with its actions inside.
 GSI ``by-time`` (gsi1pk = "RUN", gsi1sk = started_at#run_id) lists recent runs newest first.
+Sparse GSI ``pending`` (pending_pk / pending_sk) lists what is unfinished: RUNNING runs, undelivered
+announcements (automations.core.outbox), open breach alerts (automations.breach_checks.alerts).
 Every item carries ``expires_at`` (epoch seconds) for DynamoDB TTL.
+
+At 1,000 accounts x 17 regions a run has 17,000 units, so: every read is a keyed Query (never a Scan,
+never a FilterExpression over a partition); lists are read page by page (``recent_runs`` pages until it
+has ``limit`` runs, ``unit_page``/``action_page`` hand out one page and an opaque continuation token);
+units and actions are written in batches (``unit_writer``, ``action_recorder``: 25 a BatchWriteItem).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
@@ -35,6 +46,53 @@ RUN_LIST_KEY = "RUN"  # gsi1pk of task runs in the by-time index; check runs use
 PENDING_INDEX = "pending"
 OPEN_RUNS = "RUN"
 CONDITION_FAILED = ("ConditionalCheckFailedException", "TransactionCanceledException")
+MAX_RUNS_LIMIT = 1000  # recent_runs(limit): 1..MAX_RUNS_LIMIT
+MAX_PAGE_SIZE = 1000  # unit_page / action_page: 1..MAX_PAGE_SIZE items a page
+UNIT_PREFIX, ACTION_PREFIX = "UNIT#", "ACTION#"
+
+
+class LimitError(ValueError):
+    """A list size (limit, page size) outside what the ledger serves."""
+
+
+class TokenError(ValueError):
+    """A continuation token that is not one of ours, or not for this run and list."""
+
+
+def check_limit(value: int, maximum: int, what: str = "limit") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise LimitError(f"{what} must be between 1 and {maximum}, not {value!r}")
+    return value
+
+
+def encode_token(key: Mapping[str, Any]) -> str:
+    """An opaque continuation token: a page's LastEvaluatedKey as URL-safe base64 of compact JSON."""
+    raw = json.dumps(plain(dict(key)), separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str) -> dict[str, Any]:
+    """The LastEvaluatedKey a token stands for (TokenError if it is not a token of ours)."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        key = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise TokenError(f"not a continuation token: {token[:40]!r}") from exc
+    if not isinstance(key, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in key.items()):
+        raise TokenError(f"not a continuation token: {token[:40]!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: its items, and the token that continues it (None: this was the last page)."""
+
+    items: list[dict[str, Any]]
+    next_token: str | None
+
+
+class UnitWrite(Protocol):
+    def __call__(self, account: str, region: str, **attrs: Any) -> None: ...
 
 
 def new_token() -> str:
@@ -214,14 +272,24 @@ class Ledger:
         return plain(item) if item else None
 
     def recent_runs(self, limit: int = 20, list_key: str = RUN_LIST_KEY) -> list[dict[str, Any]]:
-        """The newest runs of one list (task runs by default; check runs are listed apart)."""
-        resp = self.table.query(
-            IndexName=RUNS_INDEX,
-            KeyConditionExpression=Key("gsi1pk").eq(list_key),
-            ScanIndexForward=False,
-            Limit=limit,
-        )
-        return [plain(i) for i in resp["Items"]]
+        """The newest ``limit`` runs of one list (task runs by default; check runs are listed apart), newest
+        first: exactly ``limit`` when the list has that many, paging past DynamoDB's 1 MB a Query.
+
+        ``limit`` is 1..MAX_RUNS_LIMIT (LimitError otherwise)."""
+        check_limit(limit, MAX_RUNS_LIMIT)
+        runs: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "IndexName": RUNS_INDEX,
+            "KeyConditionExpression": Key("gsi1pk").eq(list_key),
+            "ScanIndexForward": False,
+        }
+        while len(runs) < limit:
+            resp = self.table.query(**kwargs, Limit=limit - len(runs))
+            runs.extend(plain(i) for i in resp["Items"])
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return runs[:limit]
 
     def _query_prefix(self, run_id: str, prefix: str) -> Iterator[dict[str, Any]]:
         return query_all(
@@ -238,29 +306,98 @@ class Ledger:
         old = resp.get("Attributes", {}).get("value")
         return str(old) if old is not None else None
 
-    # ---- units ------------------------------------------------------------------------
-    def record_unit(self, run_id: str, account: str, region: str, **attrs: Any) -> None:
-        item = {
-            "pk": f"RUN#{run_id}",
-            "sk": f"UNIT#{account}#{region}",
-            "run_id": run_id,
-            "account": account,
-            "region": region,
-            "recorded_at": iso(self.clock()),
-            "expires_at": self._expiry(),
-            **attrs,
+    def _page(self, run_id: str, prefix: str, what: str, page_size: int, token: str | None) -> Page:
+        """One page of the run's items under ``prefix`` (sk order): a Query with Limit and
+        ExclusiveStartKey. One item more than the page is read, so the last page carries no token."""
+        check_limit(page_size, MAX_PAGE_SIZE, "page size")
+        pk = f"RUN#{run_id}"
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(pk) & Key("sk").begins_with(prefix),
+            "Limit": page_size + 1,
         }
-        self.table.put_item(Item=to_dynamo(item))
+        if token is not None:
+            start = decode_token(token)
+            if set(start) != {"pk", "sk"} or start["pk"] != pk or not start["sk"].startswith(prefix):
+                raise TokenError(f"this token does not continue the {what} of run {run_id}")
+            kwargs["ExclusiveStartKey"] = start
+        resp = self.table.query(**kwargs)
+        items = [plain(i) for i in resp["Items"]]
+        if len(items) > page_size:  # more after this page: continue after its last item
+            items = items[:page_size]
+            return Page(items, encode_token({"pk": pk, "sk": items[-1]["sk"]}))
+        last = resp.get("LastEvaluatedKey")  # a short page (1 MB reached): more may follow
+        return Page(items, encode_token(last) if last else None)
+
+    def _pages(self, run_id: str, prefix: str, what: str, page_size: int, token: str | None) -> Iterator[Page]:
+        while True:
+            page = self._page(run_id, prefix, what, page_size, token)
+            yield page
+            if page.next_token is None:
+                return
+            token = page.next_token
+
+    # ---- units ------------------------------------------------------------------------
+    def _unit_item(self, run_id: str, account: str, region: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        return to_dynamo(
+            {
+                "pk": f"RUN#{run_id}",
+                "sk": f"{UNIT_PREFIX}{account}#{region}",
+                "run_id": run_id,
+                "account": account,
+                "region": region,
+                "recorded_at": iso(self.clock()),
+                "expires_at": self._expiry(),
+                **attrs,
+            }
+        )
+
+    def record_unit(self, run_id: str, account: str, region: str, **attrs: Any) -> None:
+        self.table.put_item(Item=self._unit_item(run_id, account, region, attrs))
+
+    @contextmanager
+    def unit_writer(self, run_id: str) -> Iterator[UnitWrite]:
+        """Batch unit writes: ``write(account, region, **attrs)`` records a unit as ``record_unit`` does,
+        25 units a BatchWriteItem (sent as batches fill and when the block ends; unprocessed items are
+        retried). A unit written twice in the block is stored once, as last written. Not conditional."""
+        with self.table.batch_writer(overwrite_by_pkeys=["pk", "sk"]) as batch:
+
+            def write(account: str, region: str, **attrs: Any) -> None:
+                batch.put_item(Item=self._unit_item(run_id, account, region, attrs))
+
+            yield write
 
     def units(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self._query_prefix(run_id, "UNIT#"))
+        """Every unit of the run (all pages, in memory: for a bounded run; ``unit_pages`` otherwise)."""
+        return list(self._query_prefix(run_id, UNIT_PREFIX))
+
+    def unit_counts(self, run_id: str) -> dict[str, int]:
+        """The run's units by status, lower case ({"succeeded": 16990, "failed": 10}): read page by page,
+        statuses only, nothing kept but the counts (for a run still running, whose record has none)."""
+        counts: Counter[str] = Counter()
+        for item in query_all(
+            self.table,
+            KeyConditionExpression=Key("pk").eq(f"RUN#{run_id}") & Key("sk").begins_with(UNIT_PREFIX),
+            ProjectionExpression="#s",
+            ExpressionAttributeNames={"#s": "status"},
+        ):
+            counts[str(item.get("status") or "unknown").lower()] += 1
+        return dict(counts)
+
+    def unit_page(self, run_id: str, page_size: int = 100, token: str | None = None) -> Page:
+        """One page of the run's units (by account, region) and the token of the next (TokenError for a
+        token that is not this run's units'; LimitError for a page size outside 1..MAX_PAGE_SIZE)."""
+        return self._page(run_id, UNIT_PREFIX, "units", page_size, token)
+
+    def unit_pages(self, run_id: str, page_size: int = 100, token: str | None = None) -> Iterator[Page]:
+        """The run's units page by page (from ``token``, else the first), one Query a page."""
+        return self._pages(run_id, UNIT_PREFIX, "units", page_size, token)
 
     # ---- actions ----------------------------------------------------------------------
     def _action_item(self, run_id: str, action: Action) -> dict[str, Any]:
         return to_dynamo(
             {
                 "pk": f"RUN#{run_id}",
-                "sk": f"ACTION#{action.account}#{action.region}#{action.resource}#{action.action}",
+                "sk": f"{ACTION_PREFIX}{action.account}#{action.region}#{action.resource}#{action.action}",
                 "run_id": run_id,
                 "account": action.account,
                 "region": action.region,
@@ -283,4 +420,12 @@ class Ledger:
             yield lambda action: batch.put_item(Item=self._action_item(run_id, action))
 
     def actions(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self._query_prefix(run_id, "ACTION#"))
+        """Every action of the run (all pages, in memory: for a bounded run; ``action_pages`` otherwise)."""
+        return list(self._query_prefix(run_id, ACTION_PREFIX))
+
+    def action_page(self, run_id: str, page_size: int = 100, token: str | None = None) -> Page:
+        """One page of the run's actions and the token of the next (as ``unit_page``)."""
+        return self._page(run_id, ACTION_PREFIX, "actions", page_size, token)
+
+    def action_pages(self, run_id: str, page_size: int = 100, token: str | None = None) -> Iterator[Page]:
+        return self._pages(run_id, ACTION_PREFIX, "actions", page_size, token)

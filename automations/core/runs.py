@@ -9,13 +9,18 @@ flavour of it, which knows task kinds only through ``TASK_KINDS``.
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
+import random
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -32,12 +37,14 @@ from automations.core.boundary import (
     text,
     timestamp,
 )
+from automations.core.caps import MemberBusy, MemberCaps
 from automations.core.clock import iso, parse_time, utcnow
 from automations.core.deadline import Deadline
 from automations.core.errors import NotStarted, error_code, error_text
 from automations.core.fleet import AccountAccessError, Fleet, SessionBroker
 from automations.core.kinds import TASK_KINDS, KindEnv, TaskDefinition, UnitContext, UnitOutcome
 from automations.core.ledger import Action, Ledger
+from automations.core.manifest import ManifestRef, ManifestStore, interleave
 from automations.core.notify import Alert, Notifier
 from automations.core.outbox import Outbox
 from automations.core.rulebook import DEFAULT_RULES_DIR, RuleSource
@@ -83,6 +90,8 @@ class Unit:
     slot: str  # ISO 8601
     dry_run: bool = False
     primary: bool = False  # the account's first region: where account-wide (global) work is done once
+    # The account's name, carried in the manifest so a unit never asks Organizations for it (alerts name it).
+    account_name: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Unit:
@@ -99,6 +108,7 @@ class Unit:
             slot=slot,
             dry_run=data.get("dry_run") is True,
             primary=data.get("primary") is True,
+            account_name=name if isinstance(name := data.get("account_name"), str) and name.strip() else None,
         )
 
 
@@ -127,18 +137,29 @@ class ScheduleEvent:
 
 @dataclass(frozen=True)
 class CloseRequest:
-    """What the state machine's Close step is given: the run, and the Map's error if the Map itself failed."""
+    """What the state machine's Close step is given: the run, the Map's error if the Map itself failed,
+    and where the Distributed Map's ResultWriter put the children's results (``{"Bucket", "Key"}``)."""
 
     run_id: str
     reason: str | None
+    results: dict[str, str] | None = None
 
     @classmethod
     def parse(cls, event: Any) -> CloseRequest:
         event = mapping(event, "close", "event")
         error = event.get("error")
         reason = error.get("Error") if isinstance(error, Mapping) else None
+        results = event.get("results")
+        details = None
+        if isinstance(results, Mapping) and results.get("Key"):  # absent when the Map itself failed
+            details = {
+                "Bucket": text(results.get("Bucket"), "close", "results.Bucket"),
+                "Key": text(results.get("Key"), "close", "results.Key"),
+            }
         return cls(
-            text(event.get("run_id"), "close", "run_id", pattern=RUN_ID), reason if isinstance(reason, str) else None
+            text(event.get("run_id"), "close", "run_id", pattern=RUN_ID),
+            reason if isinstance(reason, str) else None,
+            details,
         )
 
 
@@ -146,9 +167,22 @@ class CloseRequest:
 class Plan:
     run_id: str
     units: list[Unit]
+    # Where the units are in S3 (ManifestStore): the state machine gets this reference, not the units.
+    manifest: ManifestRef | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "units": [asdict(u) for u in self.units]}
+        """What the state machine gets: with a manifest, the same few fields whatever the fleet's size
+        (the Distributed Map's ItemSelector adds job, slot and dry_run to every manifest item)."""
+        if self.manifest is None:
+            return {"run_id": self.run_id, "units": [asdict(u) for u in self.units]}
+        first = self.units[0] if self.units else None
+        return {
+            "run_id": self.run_id,
+            "job": first.job if first else "",
+            "slot": first.slot if first else "",
+            "dry_run": first.dry_run if first else False,
+            "manifest": self.manifest.as_dict(),
+        }
 
 
 def new_run_id(job: str, slot: datetime) -> str:
@@ -168,11 +202,45 @@ def open_run(
     list_key: str = L.RUN_LIST_KEY,
     run_id: str | None = None,
     lifetime: timedelta | None = None,
+    manifests: ManifestStore | None = None,
     **attrs: Any,
 ) -> Plan:
     """Open the run record and list its units (shared by task runs and breach checks). ``lifetime``:
-    how long it may stay RUNNING before the reaper closes it (default: by trigger, ``RUN_DEADLINE``)."""
+    how long it may stay RUNNING before the reaper closes it (default: by trigger, ``RUN_DEADLINE``).
+
+    With ``manifests`` the units go to S3 first and the run record keeps their count and where they are;
+    without (small local runs, tests) the record lists them. Units are interleaved across accounts."""
     run_id = run_id or new_run_id(job, slot)
+    targets = interleave(targets)
+    members = {a.id: a for a in fleet.accounts}
+    units = [
+        Unit(
+            run_id,
+            job,
+            a,
+            r,
+            slot.isoformat(),
+            dry_run,
+            primary=bool(members[a].regions) and members[a].regions[0] == r if a in members else False,
+            account_name=members[a].name if a in members else None,
+        )
+        for a, r in targets
+    ]
+    ref = None
+    if manifests is not None:  # written before the run opens: an open run's manifest is always there
+        items = [
+            {
+                "account": u.account,
+                "region": u.region,
+                "primary": u.primary,
+                "account_name": u.account_name or u.account,
+            }
+            for u in units
+        ]
+        ref = manifests.write(run_id, items)
+        attrs.update(manifest=ref.as_dict(), planned=len(units))
+    else:
+        attrs.update(planned_units=[f"{a}/{r}" for a, r in targets])
     ledger.open_run(
         run_id,
         ledger.clock() + (lifetime or RUN_DEADLINE.get(trigger.type, RUN_DEADLINE["schedule"])),
@@ -181,13 +249,24 @@ def open_run(
         trigger=asdict(trigger),
         slot=slot_label(slot),
         dry_run=dry_run,
-        planned_units=[f"{a}/{r}" for a, r in targets],
         gsi1pk=list_key,
         **attrs,
     )
-    first_region = {a.id: a.regions[0] for a in fleet.accounts if a.regions}
-    units = [Unit(run_id, job, a, r, slot.isoformat(), dry_run, primary=first_region.get(a) == r) for a, r in targets]
-    return Plan(run_id, units)
+    return Plan(run_id, units, ref)
+
+
+def manifest_units(plan: Plan, manifests: ManifestStore | None) -> list[Unit]:
+    """The units as the state machine's Distributed Map hands them out: the manifest's items (from S3)
+    with what they share added (its ItemSelector). A plan without a manifest lists its units itself."""
+    if plan.manifest is None or manifests is None or not plan.units:
+        return list(plan.units)
+    shared = plan.units[0]
+    return [
+        Unit.from_dict(
+            {**item, "run_id": plan.run_id, "job": shared.job, "slot": shared.slot, "dry_run": shared.dry_run}
+        )
+        for item in manifests.read(plan.manifest, f"run {plan.run_id}")
+    ]
 
 
 def narrow(defined: tuple[str, ...] | None, requested: list[str] | None) -> list[str] | None:
@@ -210,6 +289,7 @@ def execute_unit(
     clock: Callable[[], datetime] = utcnow,
     on_failure: Callable[[str], None] | None = None,
     mark_running: bool = True,
+    write_unit: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Run one unit's work and always record the unit, whatever happens; returns its summary.
 
@@ -250,7 +330,8 @@ def execute_unit(
         "started_at": started,
         **outcome.extra,
     }
-    ledger.record_unit(unit.run_id, unit.account, unit.region, **summary)
+    # ``write_unit``: a batch's shared writer (Ledger.unit_writer: 25 unit records a BatchWriteItem).
+    (write_unit or partial(ledger.record_unit, unit.run_id))(unit.account, unit.region, **summary)
     return {"account": unit.account, "region": unit.region, **summary}
 
 
@@ -273,20 +354,27 @@ def close(
     ledger: Ledger,
     *,
     reason: str | None = None,
-    on_missing: Callable[[dict[str, Any], str, str], None] | None = None,
+    on_missing: Callable[[dict[str, Any], str, str, str | None], None] | None = None,
     announce: Callable[[dict[str, Any]], Alert | None] | None = None,
     outbox: Outbox | None = None,
+    manifests: ManifestStore | None = None,
+    results: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Derive the run's status from its unit records and close it. Returns (the run, whether this call
     closed it): a duplicate Close neither rewrites the record nor announces again.
 
     Planned units with no result (no record: a Map branch lost; or still RUNNING: its Lambda killed)
-    count as failed; ``on_missing`` hears of each (run, planned "account/region", error)."""
+    count as failed; ``on_missing`` hears of each (run, planned "account/region", error, the account's
+    name if the manifest has it), on threads: a fleet-wide failure is thousands of them. The planned
+    units are in the run's manifest (S3), checked against the count the run recorded, or, for a run opened
+    without one, in its record. ``results`` (the Distributed Map's ResultWriterDetails) only say why a child
+    failed: read when units have no record, and a results file that cannot be read is noted, not fatal."""
     run = ledger.get_run(run_id)
     if run is None:
         raise RunError(f"no run {run_id!r} in the ledger")
     if run["status"] != L.RUNNING:
         return run, False
+    planned, names = _planned_units(run, manifests)
     units = ledger.units(run_id)
     now = ledger.clock()
     running = [u for u in units if u["status"] == L.RUNNING]
@@ -296,10 +384,16 @@ def close(
     for u in running:  # the rows too, not only this tally: nothing is left RUNNING under a closed run
         u["status"], u["error"] = L.FAILED, died
         ledger.record_unit(run_id, u["account"], u["region"], **{k: v for k, v in u.items() if k in UNIT_FIELDS})
-        if on_missing is not None:
-            on_missing(run, f"{u['account']}/{u['region']}", died)
     reported = {f"{u['account']}/{u['region']}" for u in units}
-    missing = [p for p in run.get("planned_units", []) if p not in reported]
+    missing = [p for p in planned if p not in reported]
+    failed_children: dict[str, str] = {}
+    if missing and results and manifests is not None:
+        try:
+            failed_children = manifests.failed_units(results, f"run {run_id}")
+        except Exception as exc:  # why, not whether: the ledger decides; say the results were not read
+            log.warning("run %s: the Map's results could not be read: %s", run_id, error_text(exc))
+            failed_children = {}
+            reason = f"{reason + '; ' if reason else ''}the Map's results could not be read: {error_text(exc)}"[:500]
     counts: Counter[str] = Counter()
     unknown: dict[str, list[str]] = {}
     for u in units:
@@ -309,10 +403,14 @@ def close(
     status, by_status, total = tally_units(units, missing)
     failures = [f"{u['account']}/{u['region']}: {u.get('error')}" for u in units if u["status"] != L.SUCCEEDED]
     error = "no result recorded" + (f" ({reason})" if reason else "")
-    failures += [f"{planned}: {error}" for planned in missing]
+
+    def why(unit: str) -> str:
+        return f"{error}: {failed_children[unit]}" if unit in failed_children else error
+
+    failures += [f"{unit}: {why(unit)}" for unit in missing]
     if on_missing is not None:
-        for planned in missing:
-            on_missing(run, planned, error)
+        gone = [(f"{u['account']}/{u['region']}", died) for u in running] + [(unit, why(unit)) for unit in missing]
+        _report_missing(run, gone, names, on_missing)
     # The run is one DynamoDB item (400 KB) and one SNS message (256 KB): keep counts whole, lists short.
     if len(failures) > MAX_LISTED:
         failures = [*failures[:MAX_LISTED], f"...and {len(failures) - MAX_LISTED} more (opsbot runs show {run_id})"]
@@ -334,24 +432,109 @@ def close(
     return ledger.get_run(run_id) or closed, won
 
 
-def run_in_pool(units: list[Unit], run_one: Callable[[Unit], Any], max_workers: int = 8) -> str | None:
-    """Local/test stand-in for the state machine's Map: the units in a thread pool. As the Map's Catch
-    does, a unit that raised (its last ledger write failed) never stops the others; the returned
-    reason (None if none raised) is what Close is given, so it closes that unit's row too."""
+def _planned_units(run: Mapping[str, Any], manifests: ManifestStore | None) -> tuple[list[str], dict[str, str | None]]:
+    """The run's planned "account/region" units, and the account names its manifest carries."""
+    run_id = str(run["run_id"])
+    if "manifest" not in run:
+        return list(run.get("planned_units", [])), {}
+    if manifests is None:  # fail closed: never count a run of unknown units as complete
+        raise RunError(f"run {run_id}: its units are in an S3 manifest and no manifest store was given")
+    source = f"run {run_id}"
+    items = manifests.read(ManifestRef.from_dict(run["manifest"], source), source)
+    if isinstance(run.get("planned"), int) and len(items) != run["planned"]:
+        raise RunError(f"run {run_id}: its manifest lists {len(items)} units, the run planned {run['planned']}")
+    names = {str(i["account"]): n if isinstance(n := i.get("account_name"), str) else None for i in items}
+    return [f"{i['account']}/{i['region']}" for i in items], names
+
+
+MISSING_THREADS = 16
+# How often the local runner retries a unit a member's cap refused (about 3 minutes of waits, the state
+# machine's MemberBusy Retry gives up after about 2 hours): then the unit fails, as a FAILED child would.
+LOCAL_BUSY_ATTEMPTS = 100
+
+
+def _report_missing(
+    run: dict[str, Any],
+    gone: list[tuple[str, str]],
+    names: Mapping[str, str | None],
+    on_missing: Callable[[dict[str, Any], str, str, str | None], None],
+) -> None:
+    """Each unit with no result to ``on_missing``, on threads; the first failure is raised after all ran."""
+
+    def one(item: tuple[str, str]) -> Exception | None:
+        unit, error = item
+        try:
+            on_missing(run, unit, error, names.get(unit.split("/")[0]))
+            return None
+        except Exception as exc:
+            return exc
+
+    if not gone:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(MISSING_THREADS, len(gone)))) as pool:
+        failed = [e for e in pool.map(one, gone) if e is not None]
+    if failed:
+        raise failed[0]
+
+
+def run_in_pool(
+    units: list[Unit],
+    run_one: Callable[[Unit], Any],
+    max_workers: int = 8,
+    failed: list[dict[str, Any]] | None = None,
+) -> str | None:
+    """Local/test stand-in for the state machine's Map: the units in a thread pool. As the Map does, a
+    unit that raised (its last ledger write failed) never stops the others; the returned reason (None
+    if none raised) is what Close is given, so it closes that unit's row too. ``failed`` collects a
+    child result per unit that raised, in the shape the Map's ResultWriter writes (``write_results``).
+
+    A unit refused for a member's concurrency cap (``MemberBusy``) waits and tries again, as the state
+    machine's Retry does."""
     if not units:
         return None
 
     def guarded(unit: Unit) -> str | None:
-        try:
-            run_one(unit)
-            return None
-        except Exception as exc:
-            log.exception("unit %s %s/%s raised", unit.job, unit.account, unit.region)
-            return f"{unit.account}/{unit.region}: {error_text(exc)}"
+        for attempt in itertools.count():
+            try:
+                run_one(unit)
+                return None
+            except MemberBusy as busy:
+                if attempt < LOCAL_BUSY_ATTEMPTS:
+                    time.sleep(min(2.0, 0.05 * 2**attempt) * random.random())
+                    continue
+                error: Exception = busy  # as the state machine's Retry gives up: a FAILED child
+            except Exception as exc:
+                log.exception("unit %s %s/%s raised", unit.job, unit.account, unit.region)
+                error = exc
+            if failed is not None:
+                failed.append(
+                    {
+                        "Input": json.dumps(asdict(unit)),
+                        "Status": "FAILED",
+                        "Error": type(error).__name__,
+                        "Cause": error_text(error),
+                    }
+                )
+            return f"{unit.account}/{unit.region}: {error_text(error)}"
+        return None  # unreachable: the loop returns
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(units)))) as pool:
         raised = [r for r in pool.map(guarded, units) if r]
     return f"unit raised: {'; '.join(raised[:5])}" if raised else None
+
+
+def run_locally(
+    plan: Plan,
+    run_one: Callable[[Unit], Any],
+    manifests: ManifestStore | None,
+    max_workers: int = 8,
+) -> tuple[str | None, dict[str, str] | None]:
+    """What the Distributed Map does, in a thread pool: the units read back from the plan's manifest,
+    and the children that failed written where its ResultWriter would. Returns (reason, results)."""
+    failed: list[dict[str, Any]] = []
+    reason = run_in_pool(manifest_units(plan, manifests), run_one, max_workers, failed)
+    results = manifests.write_results(plan.run_id, failed) if manifests is not None and plan.manifest else None
+    return reason, results
 
 
 # ---- scheduled tasks -------------------------------------------------------------------------------
@@ -367,12 +550,14 @@ def plan_run(
     regions: list[str] | None = None,
     dry_run: bool | None = None,
     rules: RuleSource | None = None,
+    manifests: ManifestStore | None = None,
 ) -> Plan:
-    """Work out the slot and the units, and open the run record. ``when`` is the event/slot time."""
+    """Work out the slot and the units, and open the run record. ``when`` is the event/slot time.
+    ``manifests``: where the units go (S3) for the Distributed Map; None lists them in the run record."""
     task = tasks.get(task_name.lower())
     if task is None:
         raise RunError(f"unknown task {task_name!r}; defined: {sorted(tasks)}")
-    reap_task_runs(ledger, None, task.name, rules)  # a run of this task that died is closed first
+    reap_task_runs(ledger, None, task.name, rules, manifests)  # a run of this task that died is closed first
     if task.kind not in TASK_KINDS:
         raise RunError(f"task {task.name!r}: kind {task.kind!r} is not available here")
     kind = TASK_KINDS.get(task.kind)
@@ -399,6 +584,7 @@ def plan_run(
         run_id=run_id,
         scope={"accounts": scope_accounts, "regions": scope_regions},
         report_only_reason=report_only,
+        manifests=manifests,
     )
 
 
@@ -461,12 +647,19 @@ def overdue_runs(ledger: Ledger, job: str | None = None) -> list[dict[str, Any]]
 
 
 def reap_task_runs(
-    ledger: Ledger, notifier: Notifier | None, job: str | None = None, rules: RuleSource | None = None
+    ledger: Ledger,
+    notifier: Notifier | None,
+    job: str | None = None,
+    rules: RuleSource | None = None,
+    manifests: ManifestStore | None = None,
 ) -> list[dict[str, Any]]:
     """Close overdue task runs with the reason; their announcement says so. Check runs are the breach
     checks' to close (``automations.breach_checks.checks.reap_check_runs``)."""
     overdue = [run for run in overdue_runs(ledger, job) if run.get("kind") in TASK_KINDS]
-    return reap_each(overdue, lambda run: close_run(run["run_id"], ledger, notifier, reason=REAPED, rules=rules))
+    return reap_each(
+        overdue,
+        lambda run: close_run(run["run_id"], ledger, notifier, reason=REAPED, rules=rules, manifests=manifests),
+    )
 
 
 class ReapIncomplete(Exception):
@@ -505,8 +698,10 @@ def run_unit(
     deadline: Deadline,
     clock: Callable[[], datetime] = utcnow,
     rules: RuleSource | None = None,
+    caps: MemberCaps | None = None,
 ) -> dict[str, Any]:
-    """Run one (task, account, region) with its kind's runner; always records the unit."""
+    """Run one (task, account, region) with its kind's runner; always records the unit. With ``caps``,
+    only while the member's caps have room (else MemberBusy, before anything is recorded or done)."""
     if unit.job not in tasks:
         raise InputError(f"unit of {unit.run_id}", "job", f"no task {unit.job!r} in rules/tasks.yaml")
     task = tasks[unit.job]
@@ -531,7 +726,10 @@ def run_unit(
         )
         return kind.run_unit(ctx)
 
-    return execute_unit(unit, ledger, deadline, work, clock=clock)
+    if caps is None:
+        return execute_unit(unit, ledger, deadline, work, clock=clock)
+    with caps.hold(unit.run_id, unit.account, unit.region):
+        return execute_unit(unit, ledger, deadline, work, clock=clock)
 
 
 def close_run(
@@ -540,6 +738,8 @@ def close_run(
     notifier: Notifier | None,
     reason: str | None = None,
     rules: RuleSource | None = None,
+    manifests: ManifestStore | None = None,
+    results: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Close a task run and announce it the way its kind says (a failed run always), through the outbox."""
     env = _env(ledger, rules)
@@ -549,7 +749,9 @@ def close_run(
 
     # Without a notifier (the plan step reaping) the announcement is still written: the sweeper delivers it.
     outbox = Outbox(ledger.table, notifier, ledger.clock)
-    closed, _ = close(run_id, ledger, reason=reason, announce=announce, outbox=outbox)
+    closed, _ = close(
+        run_id, ledger, reason=reason, announce=announce, outbox=outbox, manifests=manifests, results=results
+    )
     return closed
 
 
@@ -564,8 +766,13 @@ def run_now(
     max_workers: int = 8,
     clock: Callable[[], datetime] = utcnow,
     rules: RuleSource | None = None,
+    manifests: ManifestStore | None = None,
+    caps: MemberCaps | None = None,
 ) -> dict[str, Any]:
-    """Local/test runner: the same plan/unit/close steps as the state machine, in a thread pool."""
+    """Local/test runner: the same plan/unit/close steps as the state machine, the units (read back from
+    the plan's manifest) in a thread pool."""
     limit = deadline or Deadline.never()
-    raised = run_in_pool(plan.units, lambda u: run_unit(u, tasks, broker, ledger, limit, clock, rules), max_workers)
-    return close_run(plan.run_id, ledger, notifier, reason=raised, rules=rules)
+    raised, results = run_locally(
+        plan, lambda u: run_unit(u, tasks, broker, ledger, limit, clock, rules, caps), manifests, max_workers
+    )
+    return close_run(plan.run_id, ledger, notifier, reason=raised, rules=rules, manifests=manifests, results=results)

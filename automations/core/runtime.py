@@ -8,17 +8,21 @@ loaded by the capability that needs them, on first use, through ``Runtime.rules`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
 
+from automations.core.caps import MemberCaps
 from automations.core.clock import utcnow
-from automations.core.fleet import CLIENT_CONFIG, Fleet, SessionBroker, load_fleet
+from automations.core.fleet import CLIENT_CONFIG, Fleet, FleetDocument, SessionBroker, load_fleet
 from automations.core.ledger import Ledger
+from automations.core.manifest import ManifestStore
 from automations.core.notify import Notifier
 from automations.core.rulebook import DEFAULT_RULES_DIR, RuleSource
 
@@ -36,6 +40,11 @@ class Settings:
     slack_channel: str | None = None
     slack_api_url: str | None = None
     ledger_ttl_days: int = 90
+    # Where runs put their unit manifests (template.yaml ManifestBucket); None: units in the run record.
+    manifest_bucket: str | None = None
+    # Units at once in one member account and in one of its regions (automations/core/caps.py; 0: no cap).
+    member_account_max_units: int = 4
+    member_region_max_units: int = 1
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> Settings:
@@ -46,6 +55,9 @@ class Settings:
             slack_channel=env.get("OPSBOT_SLACK_CHANNEL") or None,
             slack_api_url=env.get("OPSBOT_SLACK_API_URL") or None,
             ledger_ttl_days=int(env.get("OPSBOT_LEDGER_TTL_DAYS", "90")),
+            manifest_bucket=env.get("OPSBOT_MANIFEST_BUCKET") or None,
+            member_account_max_units=int(env.get("OPSBOT_MEMBER_ACCOUNT_MAX_UNITS", "4")),
+            member_region_max_units=int(env.get("OPSBOT_MEMBER_REGION_MAX_UNITS", "1")),
         )
 
 
@@ -68,6 +80,23 @@ class Runtime:
         from automations.core.kinds import KindEnv
 
         return KindEnv(self.ledger, self.rules)
+
+    @cached_property
+    def manifests(self) -> ManifestStore | None:
+        """Made on first use: the functions that never plan or close a run make no S3 client (cold start)."""
+        if not self.settings.manifest_bucket:
+            return None
+        s3 = self.broker.base_session.client("s3", config=CLIENT_CONFIG)
+        return ManifestStore(s3, self.settings.manifest_bucket)
+
+    @cached_property
+    def caps(self) -> MemberCaps:
+        return MemberCaps(
+            self.ledger.table,
+            self.settings.member_account_max_units,
+            self.settings.member_region_max_units,
+            self.ledger.clock,
+        )
 
 
 def slack_client(token: str | None, api_url: str | None) -> WebClient | None:
@@ -94,14 +123,33 @@ def build_runtime(
     settings: Settings,
     session: boto3.Session,
     *,
-    fleet_text: str | None = None,
+    fleet_text: str | Callable[[], str | None] | None = None,
     clock: Callable[[], datetime] = utcnow,
     on_client: Callable[[Any], None] | None = None,
 ) -> Runtime:
-    """``fleet_text`` (e.g. from an SSM parameter) overrides ``rules/fleet.yaml`` when given."""
-    fleet_file = settings.rules_dir / "fleet.yaml"
-    fleet = load_fleet(fleet_file if fleet_text is None else "ssm:fleet", fleet_text, compiled_at=fleet_file)
+    """``fleet_text`` (e.g. from an SSM parameter) overrides ``rules/fleet.yaml`` when given. A callable is
+    read on first use of the fleet and on each use after (so it should cache, as Powertools Parameters
+    does): a function that never uses the fleet never reads it. The fleet's organisation, if it names
+    one, is discovered with ``session`` on first use of its accounts and again after a minute (fleet.py)."""
+    fleet = _fleet(settings.rules_dir / "fleet.yaml", fleet_text).discovering_with(session, on_client=on_client)
     table = session.resource("dynamodb", config=CLIENT_CONFIG).Table(settings.ledger_table)
     broker = SessionBroker(session, fleet, on_client=on_client)
     rules = RuleSource(settings.rules_dir)
     return Runtime(settings, Ledger(table, settings.ledger_ttl_days, clock), fleet, broker, rules)
+
+
+def _fleet(fleet_file: Path, fleet_text: str | Callable[[], str | None] | None) -> Fleet:
+    if not callable(fleet_text):
+        return load_fleet(fleet_file if fleet_text is None else "ssm:fleet", fleet_text, compiled_at=fleet_file)
+    read, lock = fleet_text, threading.Lock()
+    last: dict[str | None, FleetDocument] = {}
+
+    def document() -> FleetDocument:
+        text = read()
+        with lock:
+            if text not in last:  # parsed (and validated) again only when the text changes
+                last.clear()
+                last[text] = _fleet(fleet_file, text).document
+            return last[text]
+
+    return Fleet.reading(document)

@@ -49,7 +49,8 @@ What moto (5.2) lacks, and what this adds to it:
         item's own action, as DynamoDB authorizes them), sns, lambda, events, ssm, secretsmanager,
         ec2 (CreateSnapshot: the volume and the new snapshot, plus ec2:CreateTags when tags come with
         it; CopySnapshot: source and copy; Revoke*/Authorize*: the group; DeleteSnapshot, CreateTags),
-        states, scheduler, cloudwatch alarms and kms keys. Calls that take no resource stay "*".
+        states, scheduler, cloudwatch alarms, kms keys, organizations (the root, OU or account a request
+        names) and account:ListRegions (the member account). Calls that take no resource stay "*".
      b. moto checks a role's trust policy only when the role is in the caller's own account, and there
         only the Principal and StringEquals on sts:ExternalId. The shim checks every sts:AssumeRole
         against the trust policy of the role in its own account: Principal (an account or root ARN
@@ -60,6 +61,19 @@ What moto (5.2) lacks, and what this adds to it:
      c. Not evaluated (moto, and so locally): conditions of identity policies. opsbot/local/iam_roles.py
         drops an Allow's Condition (moto ignores it) and a conditional Deny whole (moto would apply it
         to every request); tests check those conditions from the template text.
+
+  7. account:ListRegions, account:EnableRegion, account:DisableRegion - not implemented. Each account's
+     Regions are the partition's (botocore's endpoint data); the 17 enabled in every account are
+     ENABLED_BY_DEFAULT, the opt-in ones DISABLED until EnableRegion makes them ENABLED (at once: AWS passes
+     through ENABLING, and DISABLING). ListRegions pages (MaxResults 1-50, NextToken) and filters on
+     RegionOptStatusContains. With AccountId, as on AWS: only the management account of the organisation
+     that account is a member of may ask (AccessDeniedException otherwise; delegated administrators are not
+     modelled), and never for its own id (ValidationException). Shapes: Account Management API reference,
+     ListRegions, EnableRegion, DisableRegion.
+  8. organizations:CreateAccount and CreateOrganizationalUnit pick random ids in moto; the local seed
+     names the ids it wants with the tag ``opsbot-local:id`` (which is not kept), so the demo's accounts
+     and OUs have the same ids on every seed (README, runbooks and the demo's rules name them). An id
+     already taken is refused (DuplicateAccountException / DuplicateOrganizationalUnitException).
 
 CloudWatch metrics that AWS publishes itself (AWS/Lambda, AWS/Usage) are put locally with
 PutMetricData (opsbot/local/seed.py); moto accepts those namespaces, AWS would not.
@@ -501,6 +515,142 @@ def _no_same_account_trust_check(self: Any, resource_arn: str) -> bool:
     return False
 
 
+# ---- account: Regions and their opt-in status ------------------------------------------------------
+LIST_REGIONS_PATH = "{0}/listRegions$"
+ENABLE_REGION_PATH = "{0}/enableRegion$"
+DISABLE_REGION_PATH = "{0}/disableRegion$"
+# Enabled in every account (AWS General Reference, "Regions enabled by default"); the rest are opt-in.
+DEFAULT_ENABLED_REGIONS = frozenset(
+    {
+        "us-east-1", "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "sa-east-1",
+        "eu-central-1", "eu-west-1", "eu-west-2", "eu-west-3", "eu-north-1",
+        "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-southeast-1", "ap-southeast-2",
+    }
+)  # fmt: skip
+
+
+@cache
+def _partition_regions(partition: str) -> tuple[str, ...]:
+    import boto3
+
+    return tuple(boto3.session.Session().get_available_regions("ec2", partition_name=partition))
+
+
+def _region_status(backend: Any, partition: str) -> dict[str, str]:
+    """One account's Regions and their opt-in status (kept on moto's account backend: reset with it)."""
+    if not hasattr(backend, "opsbot_regions"):
+        backend.opsbot_regions = {
+            r: "ENABLED_BY_DEFAULT" if r in DEFAULT_ENABLED_REGIONS else "DISABLED"
+            for r in _partition_regions(partition)
+        }
+    status: dict[str, str] = backend.opsbot_regions
+    return status
+
+
+def _regions_backend(self: Any, params: dict[str, Any]) -> Any:
+    """The backend of the account a request names, after the checks AWS makes on AccountId."""
+    from moto.account.models import account_backends
+    from moto.core.exceptions import JsonRESTError
+    from moto.organizations.models import organizations_backends
+
+    caller, target = self.current_account, params.get("AccountId")
+    if target:
+        own_org = organizations_backends[caller][self.partition].org
+        if target == caller and own_org is not None:
+            raise JsonRESTError(
+                "ValidationException", "The management account can't specify its own AccountId.", code=400
+            )
+        management = organizations_backends.master_accounts.get(target, (None, None))[0]
+        if management != caller:
+            error = JsonRESTError(
+                "AccessDeniedException",
+                f"User: {caller} is not authorized to use AccountId {target}: only the management account "
+                "of its organization may (delegated administrators are not modelled locally)",
+            )
+            error.code = 403
+            raise error
+    return account_backends[target or caller][self.partition]
+
+
+def _list_regions(self: Any) -> str:
+    params = json.loads(self.body or "{}")
+    status = _region_status(_regions_backend(self, params), self.partition)
+    wanted = set(params.get("RegionOptStatusContains") or ())
+    items = [{"RegionName": r, "RegionOptStatus": s} for r, s in sorted(status.items()) if not wanted or s in wanted]
+    limit = max(1, min(50, int(params.get("MaxResults") or 50)))
+    start = int(params.get("NextToken") or 0)
+    page: dict[str, Any] = {"Regions": items[start : start + limit]}
+    if start + limit < len(items):
+        page["NextToken"] = str(start + limit)
+    return json.dumps(page)
+
+
+def _set_region(self: Any, enable: bool) -> str:
+    from moto.core.exceptions import JsonRESTError
+
+    params = json.loads(self.body or "{}")
+    status = _region_status(_regions_backend(self, params), self.partition)
+    region = params.get("RegionName")
+    if region not in status:
+        raise JsonRESTError("ValidationException", f"{region!r} is not a Region of this partition", code=400)
+    if status[region] == "ENABLED_BY_DEFAULT":
+        raise JsonRESTError("ValidationException", f"{region} is enabled by default and cannot change", code=400)
+    status[region] = "ENABLED" if enable else "DISABLED"
+    return "{}"
+
+
+def _enable_region(self: Any) -> str:
+    return _set_region(self, True)
+
+
+def _disable_region(self: Any) -> str:
+    return _set_region(self, False)
+
+
+# ---- organizations: ids the local seed chooses -----------------------------------------------------
+LOCAL_ID_TAG = "opsbot-local:id"
+_ID_LOCK = threading.Lock()
+
+
+def _with_chosen_id(original: Any, maker: str, taken: Any, duplicate: str) -> Any:
+    """Call moto's create with its random id maker answering the id named by LOCAL_ID_TAG, if any."""
+    import re
+
+    from moto.core.exceptions import JsonRESTError
+    from moto.organizations import utils
+
+    pattern = {"make_random_account_id": utils.ACCOUNT_ID_REGEX, "make_random_ou_id": utils.OU_ID_REGEX}[maker]
+
+    def create(self: Any, **kwargs: Any) -> Any:
+        tags = kwargs.get("Tags") or []
+        chosen = next((t["Value"] for t in tags if t.get("Key") == LOCAL_ID_TAG), None)
+        if chosen is None:
+            return original(self, **kwargs)
+        if not re.fullmatch(pattern, chosen):
+            raise JsonRESTError("InvalidInputException", f"{LOCAL_ID_TAG} {chosen!r} is not a valid id", code=400)
+        if taken(self, chosen):
+            raise JsonRESTError(duplicate, f"{chosen} already exists", code=400)
+        kwargs["Tags"] = [t for t in tags if t.get("Key") != LOCAL_ID_TAG]
+        with _ID_LOCK:
+            random_id = getattr(utils, maker)
+            setattr(utils, maker, lambda *_: chosen)
+            try:
+                return original(self, **kwargs)
+            finally:
+                setattr(utils, maker, random_id)
+
+    create.opsbot_original = original  # type: ignore[attr-defined]
+    return create
+
+
+def _account_taken(backend: Any, account_id: str) -> bool:
+    return any(a.id == account_id for a in backend.accounts)
+
+
+def _ou_taken(backend: Any, ou_id: str) -> bool:
+    return any(ou.id == ou_id for ou in backend.ou)
+
+
 # ---- install ----------------------------------------------------------------------------------
 _ORIGINAL_DEFAULTS: Any = None  # moto's own ListAWSDefaultServiceQuotas, put back by uninstall()
 
@@ -534,6 +684,26 @@ def install() -> None:
     if vars(DynamoDBBackend)["transact_write_items"] is not _transact_write_items:
         _transact_write_items.opsbot_original = vars(DynamoDBBackend)["transact_write_items"]  # type: ignore[attr-defined]
         DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    from moto.account import urls as account_urls
+    from moto.account.responses import AccountResponse
+    from moto.organizations.models import OrganizationsBackend
+
+    for path in (LIST_REGIONS_PATH, ENABLE_REGION_PATH, DISABLE_REGION_PATH):
+        account_urls.url_paths.setdefault(path, AccountResponse.dispatch)
+    AccountResponse.list_regions = _list_regions  # type: ignore[attr-defined]
+    AccountResponse.enable_region = _enable_region  # type: ignore[attr-defined]
+    AccountResponse.disable_region = _disable_region  # type: ignore[attr-defined]
+    if not hasattr(OrganizationsBackend.create_account, "opsbot_original"):
+        OrganizationsBackend.create_account = _with_chosen_id(  # type: ignore[method-assign]
+            OrganizationsBackend.create_account, "make_random_account_id", _account_taken, "DuplicateAccountException"
+        )
+    if not hasattr(OrganizationsBackend.create_organizational_unit, "opsbot_original"):
+        OrganizationsBackend.create_organizational_unit = _with_chosen_id(  # type: ignore[method-assign]
+            OrganizationsBackend.create_organizational_unit,
+            "make_random_ou_id",
+            _ou_taken,
+            "DuplicateOrganizationalUnitException",
+        )
 
 
 def uninstall() -> None:
@@ -567,6 +737,19 @@ def uninstall() -> None:
     transact = getattr(_transact_write_items, "opsbot_original", None)
     if transact is not None:
         DynamoDBBackend.transact_write_items = transact  # type: ignore[method-assign]
+    from moto.account import urls as account_urls
+    from moto.account.responses import AccountResponse
+    from moto.organizations.models import OrganizationsBackend
+
+    for path in (LIST_REGIONS_PATH, ENABLE_REGION_PATH, DISABLE_REGION_PATH):
+        account_urls.url_paths.pop(path, None)
+    for name in ("list_regions", "enable_region", "disable_region"):
+        if name in vars(AccountResponse):
+            delattr(AccountResponse, name)
+    for name in ("create_account", "create_organizational_unit"):
+        original = getattr(getattr(OrganizationsBackend, name), "opsbot_original", None)
+        if original is not None:
+            setattr(OrganizationsBackend, name, original)
 
 
 @contextlib.contextmanager

@@ -72,8 +72,9 @@ def demo(port: int = 0) -> int:
                     "snapshot-daily",
                     Trigger("schedule", event_time=now.isoformat()),
                     now,
+                    manifests=rt.manifests,
                 )
-                run = run_now(plan, rt.tasks, rt.broker, rt.ledger, notifier)
+                run = run_now(plan, rt.tasks, rt.broker, rt.ledger, notifier, manifests=rt.manifests, caps=rt.caps)
                 print(runs_table([run]))
                 if attempt.startswith("first"):
                     first = run

@@ -20,8 +20,11 @@ def dr_copy_chapter(rt: Runtime, notifier: Notifier, at: datetime, say: Callable
     options = rt.tasks[TASK].options
     for attempt in ("the 05:30 slot", "the same slot again (a retried event)"):
         say(f"opsbot run {TASK} — {attempt}: copies of snapshot-daily's snapshots to {options.region}")
-        plan = plan_run(rt.ledger, rt.fleet, rt.tasks, TASK, Trigger("schedule", event_time=at.isoformat()), at)
-        run = run_now(plan, rt.tasks, rt.broker, rt.ledger, notifier, rules=rt.rules)
+        trigger = Trigger("schedule", event_time=at.isoformat())
+        plan = plan_run(rt.ledger, rt.fleet, rt.tasks, TASK, trigger, at, manifests=rt.manifests)
+        run = run_now(
+            plan, rt.tasks, rt.broker, rt.ledger, notifier, rules=rt.rules, manifests=rt.manifests, caps=rt.caps
+        )
         print(runs_table([run]))
         counts = run.get("counts", {})
         print(

@@ -44,8 +44,14 @@ def demo_ids(demo: Path = DEMO_RULES_DIR) -> dict[str, str]:
     None of these may appear in a package (`opsbot check-package`)."""
     found: dict[str, str] = {}
     fleet = yaml.safe_load((demo / "fleet.yaml").read_text())
-    for account in fleet["accounts"]:
+    for account in fleet.get("accounts") or []:
         found[account["id"]] = f"demo account {account.get('name', account['id'])}"
+    from opsbot.local.organization import ACCOUNTS, OUS  # the local organisation the demo's fleet names
+
+    for member in ACCOUNTS:
+        found.setdefault(member.id, f"demo account {member.name}")
+    for ou in OUS:
+        found[ou.id] = f"the demo's OU {ou.name}"
     found[fleet["external_id"]] = "the demo's external_id"
     oncall = yaml.safe_load((demo / "oncall.yaml").read_text())
     for user in (oncall.get("users") or []) + (oncall.get("user_groups") or []):

@@ -70,7 +70,18 @@ def security_chapter(
     print(show_run(rt.ledger, run_id))
 
     say("opsbot run sg-sweep — the first sweep after a change to rules/security_groups.yaml only reports")
-    plan = plan_run(rt.ledger, rt.fleet, rt.tasks, "sg-sweep", Trigger("cli"), datetime.now(UTC), rules=rt.rules)
-    sweep = run_now(plan, rt.tasks, rt.broker, rt.ledger, notifier, rules=rt.rules)
+    plan = plan_run(
+        rt.ledger,
+        rt.fleet,
+        rt.tasks,
+        "sg-sweep",
+        Trigger("cli"),
+        datetime.now(UTC),
+        rules=rt.rules,
+        manifests=rt.manifests,
+    )
+    sweep = run_now(
+        plan, rt.tasks, rt.broker, rt.ledger, notifier, rules=rt.rules, manifests=rt.manifests, caps=rt.caps
+    )
     print(runs_table([sweep]))
     return sweep

@@ -17,6 +17,7 @@ IDEMPOTENCY_TABLE = "opsbot-idempotency"
 TOPIC_NAME = "opsbot-alerts"
 SLACK_SECRET_NAME = "opsbot/slack-bot-token"
 FLEET_PARAMETER = "/opsbot/fleet"
+MANIFEST_BUCKET = "opsbot-manifests"  # template.yaml ManifestBucket
 TABLES = {"LedgerTable": LEDGER_TABLE, "IdempotencyTable": IDEMPOTENCY_TABLE}
 
 
@@ -27,6 +28,7 @@ class HubResources:
     topic_arn: str
     slack_secret_name: str
     fleet_parameter: str
+    manifest_bucket: str = MANIFEST_BUCKET
 
 
 def create_tables(session: boto3.Session, template_path: Path = PROJECT_ROOT / "template.yaml") -> None:
@@ -44,10 +46,25 @@ def create_tables(session: boto3.Session, template_path: Path = PROJECT_ROOT / "
             ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attr})
 
 
+def create_manifest_bucket(session: boto3.Session, name: str = MANIFEST_BUCKET) -> str:
+    """The bucket runs put their unit manifests in (and the Distributed Map its results)."""
+    s3 = session.client("s3")
+    region = session.region_name or "us-east-1"
+    try:
+        if region == "us-east-1":
+            s3.create_bucket(Bucket=name)
+        else:
+            s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+    except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        pass
+    return name
+
+
 def create_hub(
     session: boto3.Session, *, slack_token: str | None = None, fleet_text: str | None = None
 ) -> HubResources:
     create_tables(session)
+    create_manifest_bucket(session)
     topic_arn = session.client("sns").create_topic(Name=TOPIC_NAME)["TopicArn"]
     if slack_token:
         sm = session.client("secretsmanager")
@@ -68,6 +85,7 @@ def hub_environment(hub: HubResources, **extra: Any) -> dict[str, str]:
         "OPSBOT_ALERT_TOPIC_ARN": hub.topic_arn,
         "OPSBOT_SLACK_SECRET_NAME": hub.slack_secret_name,
         "OPSBOT_FLEET_PARAMETER": hub.fleet_parameter,
+        "OPSBOT_MANIFEST_BUCKET": hub.manifest_bucket,
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -234,6 +234,35 @@ def _kms(verb: str, action: str, p: str, r: str, a: str, path: str, body: Any, d
     return [(verb, f"kms-key:{r}:{a}:{key}")]
 
 
+def _organization_of(account: str, partition: str) -> tuple[str, str] | None:
+    """(management account, organisation id) of the organisation ``account`` manages or belongs to."""
+    from moto.organizations.models import organizations_backends
+
+    management = organizations_backends.master_accounts.get(account, (account, partition))[0]
+    org = organizations_backends[management][partition].org
+    return (management, org.id) if org is not None else None
+
+
+def _organizations(verb: str, action: str, p: str, r: str, a: str, path: str, body: Any, data: Any) -> Pairs | None:
+    req, org = _json(body), _organization_of(a, p)
+    target = req.get("ParentId") or req.get("ChildId") or req.get("AccountId")
+    if org is None or not isinstance(target, str):
+        return None
+    management, org_id = org
+    kind = "root" if target.startswith("r-") else "ou" if target.startswith("ou-") else "account"
+    return [(verb, f"arn:{p}:organizations::{management}:{kind}/{org_id}/{target}")]
+
+
+def _account(verb: str, action: str, p: str, r: str, a: str, path: str, body: Any, data: Any) -> Pairs | None:
+    member = _json(body).get("AccountId")
+    if not member:
+        return [(verb, f"arn:{p}:account::{a}:account")]
+    org = _organization_of(member, p)
+    if org is None:
+        return None
+    return [(verb, f"arn:{p}:account::{org[0]}:account/{org[1]}/{member}")]
+
+
 _HANDLERS = {
     "dynamodb": _dynamodb,
     "sns": _sns,
@@ -246,6 +275,8 @@ _HANDLERS = {
     "scheduler": _scheduler,
     "cloudwatch": _cloudwatch,
     "kms": _kms,
+    "organizations": _organizations,
+    "account": _account,
 }
 
 

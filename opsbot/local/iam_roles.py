@@ -167,6 +167,7 @@ _NAME_PROPERTY = {
     "AWS::Serverless::Function": "FunctionName",
     "AWS::Serverless::StateMachine": "Name",
     "AWS::Logs::LogGroup": "LogGroupName",
+    "AWS::S3::Bucket": "BucketName",
 }
 
 
@@ -225,6 +226,8 @@ def _physical(template: dict[str, Any], loc: Locals) -> tuple[dict[str, Any], di
                 attrs[f"{lid}{event}.Arn"] = f"arn:{p}:events:{r}:{a}:rule/{rule}"
         elif kind == "AWS::KMS::Key":
             arn, ref = f"arn:{p}:kms:{r}:{a}:key/{name}", name
+        elif kind == "AWS::S3::Bucket":
+            arn = f"arn:{p}:s3:::{name}"
         elif kind in ("AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine"):
             arn = ref = f"arn:{p}:states:{r}:{a}:stateMachine:{name}"
         elif kind == "AWS::Scheduler::ScheduleGroup":

@@ -1,5 +1,9 @@
 """Seed the local AWS with a realistic fleet: a hub and member accounts in several regions.
 
+The hub is the management account of a local organisation (opsbot/local/organization.py): the members
+are created through Organizations into OUs, their roles arrive as the member StackSet would deploy them,
+and the demo's fleet document names OUs, so the fleet seeded here is the one the hub discovers.
+
 IAM (opsbot/local/seed_roles.py): every member account gets the roles of template-member.yaml, and
 the hub those of template.yaml (one per function, the operator's, ...), with the policies and trust
 parsed from the templates; the CLI and each handler then run as their own role, so a call the code
@@ -31,6 +35,7 @@ from automations.core.schedules import slot_label
 from automations.core.tasks import load_tasks
 from opsbot.cfn import PROJECT_ROOT, load_template
 from opsbot.local.iam_roles import HUB_TEMPLATE, MEMBER_TEMPLATE
+from opsbot.local.organization import StackSetMirror, seed_organization
 from opsbot.local.seed_breaches import seed_breaches
 from opsbot.local.seed_killswitch import seed_killswitch
 from opsbot.local.seed_roles import create_hub_roles, create_member_roles
@@ -287,12 +292,21 @@ def seed_fleet(
     The templates' roles come from ``hub_template`` and ``member_template`` (tests pass edited copies)."""
     hub_account = base.client("sts").get_caller_identity()["Account"]
     report = SeedReport()
+    joined: set[str] = set()
+    if fleet.organization is not None:
+        # The organisation first (accounts in OUs, their roles from the StackSet mirror); then the fleet
+        # is what the hub discovers in it, as on AWS.
+        organization = seed_organization(base, StackSetMirror(fleet, hub_account, template=member_template))
+        report.lines.extend(organization.lines)
+        joined.update(organization.joined)
+        fleet = fleet.discovering_with(base)
     allowed = []
     members: dict[str, boto3.Session] = {}
     for account in fleet.accounts:
         member = members[account.id] = _member_session(base, fleet, account.id)
         denied = account.name == DENIED_ACCOUNT_NAME
-        create_member_roles(member, fleet, account, hub_account, denied=denied, template=member_template)
+        if account.id not in joined:  # a listed account outside the organisation: its member stack by hand
+            create_member_roles(member, fleet, account, hub_account, denied=denied, template=member_template)
         if not denied:
             allowed.append(account.id)
         for region in account.regions:

@@ -65,6 +65,15 @@ def create_member_roles(
     return [r.name for r in spec.roles]
 
 
+def _organization_parameters(base: boto3.Session) -> dict[str, str]:
+    """MemberOrganizationId: the organisation the hub manages (the fleet's discovery grants name it)."""
+    org: Any = base.client("organizations")
+    try:
+        return {"MemberOrganizationId": org.describe_organization()["Organization"]["Id"]}
+    except org.exceptions.AWSOrganizationsNotInUseException:
+        return {}
+
+
 def hub_names(base: boto3.Session) -> dict[str, str]:
     """The local names of the hub resources template.yaml's policies name (secrets: their ARNs)."""
     sm = base.client("secretsmanager")
@@ -72,6 +81,7 @@ def hub_names(base: boto3.Session) -> dict[str, str]:
         "LedgerTable": hub.LEDGER_TABLE,
         "IdempotencyTable": hub.IDEMPOTENCY_TABLE,
         "FleetParameter": hub.FLEET_PARAMETER,
+        "ManifestBucket": hub.MANIFEST_BUCKET,
         "AlertTopic": hub.TOPIC_NAME,
         **{r.queue: r.local_name for r in queue_routes()},
     }
@@ -91,7 +101,8 @@ def create_hub_roles(base: boto3.Session, fleet: Fleet, template: Path = HUB_TEM
     operator role with MFA), which the trust policies name."""
     account = base.client("sts").get_caller_identity()["Account"]
     region = base.region_name or "us-east-1"
-    spec = template_roles(template, Locals(account, region, parameters=_fleet_parameters(fleet), names=hub_names(base)))
+    parameters = {**_fleet_parameters(fleet), **_organization_parameters(base)}
+    spec = template_roles(template, Locals(account, region, parameters=parameters, names=hub_names(base)))
     arns = create_roles(base, spec)
     functions = {r.handler: role_credentials(base, arns[r.logical_id], r.logical_id) for r in spec.roles if r.handler}
     operator = role_credentials(base, arns[OPERATOR_ROLE], "opsbot-operator")
