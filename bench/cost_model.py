@@ -1004,17 +1004,9 @@ def assumptions() -> str:
 
 def _member(base: Any, account: str) -> Any:
     """A session in a member account of the local AWS (IAM enforcement is off while seeding)."""
-    import boto3
+    from opsbot.local.sessions import assumed_session
 
-    creds = base.client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{account}:role/cost-model-seed", RoleSessionName="cost-model-seed"
-    )["Credentials"]
-    return boto3.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        region_name="us-east-1",
-    )
+    return assumed_session(base, f"arn:aws:iam::{account}:role/cost-model-seed", "cost-model-seed", region="us-east-1")
 
 
 def seed_sample(url: str, rules_dir: Path) -> dict[str, str]:

@@ -99,7 +99,10 @@ def _swap_number(value: Any) -> Any:
     if isinstance(value, int | float):
         return str(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+        try:  # "¹" and other digits int() does not read stay as they are
+            return int(value)
+        except ValueError:
+            return value
     return value
 
 

@@ -241,7 +241,7 @@ def _modify(envelope: Envelope, params: Mapping[str, Any], source: str, notes: _
             notes.unclear.append(f"{where}.SecurityGroupRule[{i}].SecurityGroupRuleId: not a rule id")
     if not ids and not notes.unclear:
         notes.unclear.append(f"{where}.SecurityGroupRule: names no rule")
-    return {"envelope": envelope, "egress": False, "group_id": group_id, "rule_ids": tuple(ids)}
+    return {"envelope": envelope, "egress": False, "group_id": group_id, "rule_ids": tuple(dict.fromkeys(ids))}
 
 
 def _authorize(
@@ -250,7 +250,9 @@ def _authorize(
     egress = envelope.event_name == "AuthorizeSecurityGroupEgress"
     group_id = notes.group(params.get("groupId"))
     group_name = params.get("groupName") if isinstance(params.get("groupName"), str) else None
-    rules: list[SgRule] = []
+    # A rule the record lists again is the same rule: judged (and claimed, and recorded) once. Listed
+    # again differently, the record contradicts itself: the group's actual rules are judged instead.
+    rules: dict[str | None, SgRule] = {}
     field_ = "detail.responseElements.securityGroupRuleSet"
     try:
         rule_set = items(response.get("securityGroupRuleSet"), source, field_)
@@ -259,9 +261,12 @@ def _authorize(
         rule_set = []
     for i, item in enumerate(rule_set):
         try:
-            rules.append(_rule(item, envelope, source, f"{field_}.items[{i}]", notes))
+            rule = _rule(item, envelope, source, f"{field_}.items[{i}]", notes)
         except InputError as exc:
             notes.unclear.append(f"{exc.field}: {exc.problem}")
+            continue
+        if rules.setdefault(rule.rule_id, rule) != rule:
+            notes.unclear.append(f"{field_}.items[{i}]: {rule.rule_id} is listed again, differently")
     requested = [] if rule_set else _requested(params, source, notes)
     if group_id is None and group_name is None and not notes.groups:
         notes.unclear.append("detail.requestParameters.groupId: names no group where CloudTrail puts it")
@@ -270,8 +275,8 @@ def _authorize(
         "egress": egress,
         "group_id": group_id,
         "group_name": group_name,
-        "rules": tuple(rules),
-        "requested": tuple(requested),
+        "rules": tuple(rules.values()),
+        "requested": tuple(dict.fromkeys(requested)),  # one per permission, however often it is repeated
     }
 
 

@@ -233,10 +233,37 @@ def remediate(
     return result
 
 
+# One event's record and announcement are each one DynamoDB item (400 KB): a record naming thousands of
+# rules keeps the counts of all of them, the first MAX_RECORDED_ACTIONS actions (failures and revokes
+# first) and how many were left out; the announcement lists MAX_ALERT_DETAILS findings and MAX_ALERT_GROUPS
+# groups. A recorded action is about 0.7 KB.
+MAX_RECORDED_ACTIONS = 100
+MAX_ALERT_DETAILS = 20
+MAX_ALERT_GROUPS = 10
+_FIRST = ("failed", "revoked", "alerted", "exempt")  # what is kept first when not everything can be
+
+
+def _kept(outcomes: list[Outcome], limit: int) -> list[Outcome]:
+    """All the outcomes in their order; or, when there are more than ``limit``, the ``limit`` that matter
+    most (failures, then revokes, alerts, first uses of an exemption)."""
+    if len(outcomes) <= limit:
+        return list(outcomes)
+    ranked = sorted(outcomes, key=lambda o: _FIRST.index(o.result) if o.result in _FIRST else len(_FIRST))
+    return ranked[:limit]
+
+
+def _listed(values: list[str], limit: int) -> str:
+    shown = ", ".join(values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
 def remediation_record(rem: Remediation, now: datetime) -> dict[str, Any]:
-    """One ledger item per event: who, what, before, what was revoked, outcome, latency."""
+    """One ledger item per event: who, what, before, what was revoked, outcome, latency. Every outcome is
+    counted; at most MAX_RECORDED_ACTIONS are listed (``actions_omitted``: how many are not)."""
     counts = Counter(o.result for o in rem.outcomes)
     failed = counts["failed"]
+    listed = _kept(rem.outcomes, MAX_RECORDED_ACTIONS)
+    omitted = {"actions_omitted": len(rem.outcomes) - len(listed)} if len(listed) < len(rem.outcomes) else {}
     return {
         "task": "sg-remediation",
         "kind": "security-group-event",
@@ -269,8 +296,9 @@ def remediation_record(rem: Remediation, now: datetime) -> dict[str, Any]:
                     "rule_before": {k: v for k, v in o.verdict.rule.as_dict().items() if v not in (None, {})},
                 },
             }
-            for o in rem.outcomes
+            for o in listed
         ],
+        **omitted,
     }
 
 
@@ -278,6 +306,8 @@ def remediation_alert(rem: Remediation, run_id: str, latency: float) -> Alert:
     revoked = [o for o in rem.outcomes if o.result == "revoked"]
     failed = [o for o in rem.outcomes if o.result == "failed"]
     group_ids = sorted({o.verdict.rule.group_id for o in rem.to_notify})
+    shown = _kept(rem.to_notify, MAX_ALERT_DETAILS)
+    more = len(rem.to_notify) - len(shown)
     if failed:
         severity, title = "critical", "Forbidden security-group rule could NOT be revoked"
     elif revoked:
@@ -291,19 +321,21 @@ def remediation_alert(rem: Remediation, run_id: str, latency: float) -> Alert:
         title=title,
         severity=severity,
         summary=(
-            f"{rem.event_name} by `{rem.actor.arn}` on {', '.join(group_ids)} in {rem.account}/{rem.region}; "
+            f"{rem.event_name} by `{rem.actor.arn}` on {_listed(group_ids, MAX_ALERT_GROUPS)} in "
+            f"{rem.account}/{rem.region}; "
             f"{len(revoked)} rule(s) revoked {latency:.1f}s after the call."
         ),
         fields=[
             ("Account / region", f"{rem.account} / {rem.region}"),
-            ("Group", ", ".join(group_ids)),
+            ("Group", _listed(group_ids, MAX_ALERT_GROUPS)),
             ("Who", f"{rem.actor.arn} ({rem.actor.principal_type})"),
             ("Source IP", rem.actor.source_ip or "-"),
             ("User agent", (rem.actor.user_agent or "-")[:120]),
             ("Event", rem.event_id),
         ],
-        details=[outcome_line(o) for o in rem.to_notify],
-        context=f"`opsbot runs show {run_id}` · restore or exempt: {RUNBOOK}",
+        details=[outcome_line(o) for o in shown],
+        context=(f"{more} more finding(s) not listed · " if more else "")
+        + f"`opsbot runs show {run_id}` · restore or exempt: {RUNBOOK}",
     )
 
 

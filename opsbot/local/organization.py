@@ -103,15 +103,9 @@ class SeededOrganization:
 
 def member_session(base: boto3.Session, account_id: str) -> boto3.Session:
     """A session in a member account through the role Organizations created there."""
-    creds = base.client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{account_id}:role/{ORGANIZATION_ACCESS_ROLE}", RoleSessionName="opsbot-local-stackset"
-    )["Credentials"]
-    return boto3.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        region_name=base.region_name,
-    )
+    from opsbot.local.sessions import assumed_session
+
+    return assumed_session(base, f"arn:aws:iam::{account_id}:role/{ORGANIZATION_ACCESS_ROLE}", "opsbot-local-stackset")
 
 
 def _pages(client: Any, operation: str, key: str, **params: Any) -> list[dict[str, Any]]:

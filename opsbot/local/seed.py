@@ -87,14 +87,10 @@ def _policy(statements: list[dict[str, Any]]) -> str:
 
 
 def _member_session(base: boto3.Session, fleet: Fleet, account: str) -> boto3.Session:
-    creds = base.client("sts").assume_role(
-        RoleArn=fleet.role_arn(account, "seed"), RoleSessionName="opsbot-seed", ExternalId=fleet.external_id or "seed"
-    )["Credentials"]
-    return boto3.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        region_name=base.region_name,
+    from opsbot.local.sessions import assumed_session
+
+    return assumed_session(
+        base, fleet.role_arn(account, "seed"), "opsbot-seed", external_id=fleet.external_id or "seed"
     )
 
 
