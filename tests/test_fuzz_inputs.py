@@ -32,7 +32,7 @@ from moto.core.model_instances import reset_model_data
 from automations.core.boundary import InputError
 from automations.core.runs import RunError
 from automations.security_groups.events import CLOSING_EVENTS, HANDLED_EVENTS
-from opsbot.local.hub import LEDGER_TABLE
+from opsbot.local.hub import IDEMPOTENCY_TABLE, LEDGER_TABLE
 from tests.conftest import ACCOUNT_A, FIXTURES, FakeLambdaContext
 from tests.map_support import map_items
 from tests.mutations import mutated
@@ -60,6 +60,8 @@ class Examples:
       and shrinks them one by one), and the table stays small: moto's TransactWriteItems deep-copies
       the whole table first (its rollback copy), so on a table that grew with every example each
       transaction took longer (about a second after a few hundred examples).
+    - The idempotency table is emptied: an odd event id ("odd at id" mutations repeat a few values) must
+      not replay an earlier example's result for a different record. (On AWS an id is one event's.)
     - moto keeps every model object it ever made (``BaseModel.instances_tracked``, for moto server's
       dashboard) until ``mock_aws`` stops, those rollback copies included: over 2,000 examples that
       was gigabytes (``make fuzz`` was OOM-killed). The backends hold their own state; forgetting the
@@ -82,6 +84,11 @@ class Examples:
 
     def __call__(self) -> None:
         reset_model_data()
+        idempotency = boto3.resource("dynamodb", region_name="us-east-1").Table(IDEMPOTENCY_TABLE)
+        keys = [k["AttributeName"] for k in idempotency.key_schema]
+        with idempotency.batch_writer() as batch:
+            for item in idempotency.scan(ConsistentRead=True)["Items"]:
+                batch.delete_item(Key={k: item[k] for k in keys})
         current = self._items()
         with self.table.batch_writer() as batch:
             for pk, sk in current.keys() - self.baseline.keys():
