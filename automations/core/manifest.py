@@ -106,9 +106,6 @@ class ManifestStore:
             text(item.get("region"), source, f"manifest[{i}].region", pattern=REGION)
         return items
 
-    def planned(self, ref: ManifestRef, source: str) -> list[str]:
-        return [f"{i['account']}/{i['region']}" for i in self.read(ref, source)]
-
     # ---- results, in the layout of the Distributed Map's ResultWriter ---------------------------------
     def write_results(self, run_id: str, failed: list[dict[str, Any]]) -> dict[str, str]:
         """The local runner's stand-in for ResultWriter: ``failed`` are child results
