@@ -8,7 +8,8 @@ raises, so Lambda's retries and then the dead-letter queue keep the event.
 Built for the cold start (most of these events land on a cold container): only the remediation path is
 imported (not the run engine, slack-sdk, YAML or JSON-schema; the rules are compiled at package time);
 in Lambda the runtime is built during init; the group's tags (the exemption lookup) are read while the
-idempotency record is written; the Slack token is read after the revoke.
+idempotency record is written, and so is each rule's claim; the revoke comes before the exemption and
+alert-only claims, the ledger record and the alert; the Slack token is read after the revoke.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from automations.core import iam
 from automations.core.boundary import InputError, source_id
 from automations.security_groups.enforcement import FINDINGS_GRANTS
 from automations.security_groups.policy import POLICY_FILE
-from automations.security_groups.remediation import CAPABILITY_NAME, TagLookahead, handle_event
+from automations.security_groups.remediation import CAPABILITY_NAME, Lookahead, handle_event
 from handlers import _wiring
 from handlers._wiring import idempotency_store, logger, metrics, notifier, runtime, traced
 
@@ -41,7 +42,7 @@ PERMISSIONS = {
     | iam.assume_member_role(CAPABILITY_NAME),
 }
 
-_lookahead: ContextVar[TagLookahead | None] = ContextVar("sg_lookahead", default=None)
+_lookahead: ContextVar[Lookahead | None] = ContextVar("sg_lookahead", default=None)
 
 
 @idempotent(
@@ -53,7 +54,7 @@ def _remediate(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     if not rt.rules.exists(POLICY_FILE):
         raise InputError(source_id(event), "rules/security_groups.yaml", "not in the package")
-    result = handle_event(event, rt.broker, rt.rules.get(POLICY_FILE), rt.ledger, notifier, read_tags=_lookahead.get())
+    result = handle_event(event, rt.broker, rt.rules.get(POLICY_FILE), rt.ledger, notifier, ahead=_lookahead.get())
     for name in ("revoked", "alerted", "failed"):
         metrics.add_metric(name=f"SgRules{name.title()}", unit=MetricUnit.Count, value=result["counts"].get(name, 0))
     logger.info("security-group event handled", extra=result)
@@ -68,7 +69,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         rt = runtime()
         if rt.rules.exists(POLICY_FILE):
-            lookahead = TagLookahead(event, rt.broker, rt.rules.get(POLICY_FILE), datetime.now(UTC))
+            lookahead = Lookahead(event, rt.broker, rt.rules.get(POLICY_FILE), rt.ledger.table, datetime.now(UTC))
     except Exception:  # only a head start: the idempotent path builds, reads and raises again
         logger.debug("no tag lookahead", exc_info=True)
     token = _lookahead.set(lookahead)
@@ -79,16 +80,19 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 def _init() -> None:
-    """In Lambda, during init (before the first event, on init's CPU): the runtime (fleet, rules, ledger),
-    the notifier (Slack token, slack-sdk), and the STS and EC2 service models the member clients use."""
+    """In Lambda, during init: what the first revoke needs, so the first event does not build it: the
+    runtime (fleet, rules, ledger), the broker's STS client in this region, and the EC2 service model the
+    member clients are made from (loaded, not a client: the hub never calls EC2). Not the notifier: the
+    Slack token read (Secrets Manager) and slack-sdk come after the revoke (``handle_event`` asks for the
+    notifier then), since the first event waits for init."""
     try:
         rt = runtime()
         rt.fleet.document  # noqa: B018 - the fleet parameter read, done at init rather than on the first event
         if rt.rules.exists(POLICY_FILE):
             rt.rules.get(POLICY_FILE)
-        notifier()
-        for service in ("sts", "ec2"):  # botocore keeps the loaded models: the member's clients are cheap
-            _wiring.session().client(service)
+        rt.broker.sts(_wiring.session().region_name or "us-east-1")
+        # botocore keeps the loaded model (about 0.15 s of JSON for EC2): the member's clients are cheap.
+        _wiring.session()._session.get_service_model("ec2")
     except Exception:  # the first invocation builds it again and raises what it raises
         logger.warning("runtime not built at init", exc_info=True)
 

@@ -38,7 +38,7 @@ from automations.core.ledger import RUNNING, Ledger
 from automations.core.notify import Notifier
 from automations.core.runs import REAPED, Trigger, plan_run, reap_task_runs, run_now
 from automations.core.sweeper import flush_outbox
-from automations.security_groups.remediation import handle_event
+from automations.security_groups.remediation import Lookahead, handle_event
 from opsbot.local.aws_shims import shims
 from opsbot.local.hub import LEDGER_TABLE, create_tables
 from tests.breach_support import create_function, lambda_usage, rules
@@ -260,7 +260,9 @@ def sg_event(w: World) -> dict[str, Any]:
     w.injector.mode = mode
 
     def step() -> dict[str, Any]:
-        return handle_event(event, w.broker, POLICY, w.ledger, w.notifier, clock=w.clock)
+        # As the handler does it: the tags and the rule's claim started ahead, on their own threads.
+        ahead = Lookahead(event, w.broker, POLICY, w.ledger.table, w.clock())
+        return handle_event(event, w.broker, POLICY, w.ledger, w.notifier, clock=w.clock, ahead=ahead)
 
     w.recover(step, reap=lambda: None, wait=timedelta(minutes=1))  # Lambda retries an event within minutes
     w.settle()

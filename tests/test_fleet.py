@@ -45,6 +45,18 @@ def test_credentials_cached_per_account_until_near_expiry(hub_session, fleet):
         assert len(calls) == 4
 
 
+def test_a_lazy_client_assumes_the_role_only_when_first_used(hub_session, fleet):
+    """What a cold path may never call costs it nothing: no AssumeRole and no client until first use."""
+    calls = []
+    hub_session.events.register("provide-client-params.sts.AssumeRole", lambda params, **kw: calls.append(params))
+    broker = SessionBroker(hub_session, fleet).for_capability("security-groups")
+    lazy = broker.lazy_client(ACCOUNT_B, "eu-west-1", "sts")
+    assert calls == [] and broker.cache.clients == {}
+    assert lazy.get_caller_identity()["Account"] == ACCOUNT_B
+    assert len(calls) == 1 and lazy.get_caller_identity()["Account"] == ACCOUNT_B and len(calls) == 1
+    assert broker.sts("eu-west-1") is broker.sts("eu-west-1"), "one STS client per region, not one per assume"
+
+
 def test_a_broker_without_a_capability_hands_out_nothing(hub_session, fleet):
     with pytest.raises(RuntimeError, match="for_capability"):
         SessionBroker(hub_session, fleet).client(ACCOUNT_A, "us-east-1", "ec2")

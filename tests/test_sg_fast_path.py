@@ -17,7 +17,7 @@ from automations.core.fleet import FLEET_COMPILED_FROM, load_fleet
 from automations.core.rulebook import RulebookError
 from automations.security_groups import compiled as compile_cli
 from automations.security_groups.policy import load_policy, policy_to_dict
-from automations.security_groups.remediation import TagLookahead, handle_event
+from automations.security_groups.remediation import Lookahead, handle_event
 from tests.conftest import ACCOUNT_A, ROOT_RULES, FakeLambdaContext
 from tests.sg_events import NOW, POLICY, REGION
 
@@ -161,7 +161,9 @@ def test_the_event_handler_imports_only_the_remediation_path(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
-def test_in_lambda_the_runtime_is_built_during_init(tmp_path):
+def test_in_lambda_the_runtime_is_built_during_init_and_the_notifier_after_the_revoke(tmp_path):
+    """The first event waits for init: init builds what the revoke needs, not the Slack notifier (a
+    Secrets Manager read and slack-sdk), which handle_event asks for once opsbot has acted."""
     rules = rules_dir(tmp_path)
     compile_cli.compile_rules(rules)
     probe = (
@@ -180,7 +182,7 @@ def test_in_lambda_the_runtime_is_built_during_init(tmp_path):
         OPSBOT_RULES_DIR=str(rules),
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["1", "1"] and "not built at init" not in out.stdout + out.stderr
+    assert out.stdout.split() == ["1", "0"] and "not built at init" not in out.stdout + out.stderr
 
 
 def test_the_catalog_still_registers_the_sweep_and_the_capability():
@@ -193,9 +195,9 @@ def test_the_catalog_still_registers_the_sweep_and_the_capability():
 
 
 # ---- the exemption lookup read ahead ---------------------------------------------------------------------
-def handle_with_lookahead(sg: Any, event: dict[str, Any], lookahead: TagLookahead | None = None) -> dict[str, Any]:
-    ahead = lookahead or TagLookahead(event, sg.broker, POLICY, NOW)
-    return handle_event(event, sg.broker, POLICY, sg.ledger, lambda: sg.notifier, clock=lambda: NOW, read_tags=ahead)
+def handle_with_lookahead(sg: Any, event: dict[str, Any], lookahead: Lookahead | None = None) -> dict[str, Any]:
+    ahead = lookahead or Lookahead(event, sg.broker, POLICY, sg.ledger.table, NOW)
+    return handle_event(event, sg.broker, POLICY, sg.ledger, lambda: sg.notifier, clock=lambda: NOW, ahead=ahead)
 
 
 def test_the_tags_read_ahead_are_used_once_and_the_revoke_is_the_same(sg):
@@ -227,10 +229,68 @@ def test_tags_read_ahead_for_another_group_are_not_used(sg):
     plain = sg.group(name="b")
     for_exempt = sg.apply("authorize_sg_ingress_modern", exempt)
     for_plain = sg.apply("authorize_sg_ingress_modern", plain, event_id="event-for-b")
-    ahead = TagLookahead(for_exempt, sg.broker, POLICY, NOW)
+    ahead = Lookahead(for_exempt, sg.broker, POLICY, sg.ledger.table, NOW)
     result = handle_with_lookahead(sg, for_plain, ahead)
     assert result["counts"]["revoked"] == 1 and sg.rules(plain) == []
     assert len(sg.rules(exempt)) == 1
+
+
+def rule_id(event: dict[str, Any]) -> str:
+    return str(event["detail"]["responseElements"]["securityGroupRuleSet"]["items"][0]["securityGroupRuleId"])
+
+
+def claim(sg: Any, event: dict[str, Any]) -> dict[str, Any] | None:
+    key = {"pk": f"REVOKE#{event['account']}#{event['region']}#{rule_id(event)}", "sk": "REVOKE"}
+    return sg.ledger.table.get_item(Key=key, ConsistentRead=True).get("Item")
+
+
+def test_the_rule_is_claimed_ahead_once_and_the_revoke_announced(sg):
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    ahead = Lookahead(event, sg.broker, POLICY, sg.ledger.table, NOW)
+    assert ahead.claims() == {f"REVOKE#{event['account']}#{event['region']}#{rule_id(event)}": "new"}
+    held = claim(sg, event)
+    assert held is not None and held["by"] == f"event:{event['id']}"
+    result = handle_with_lookahead(sg, event, ahead)
+    assert result["counts"]["revoked"] == 1 and sg.rules(group) == []
+    assert claim(sg, event) == held, "the claim made ahead is the one the revoke used, not made again"
+    assert len(sg.slack.messages()) == 1
+
+
+def test_a_rule_claimed_ahead_but_exempt_does_not_stop_a_later_revoke(sg):
+    """The claim is made before the tags are known; a rule that turns out exempt keeps the claim for an
+    hour. When the exemption goes, the next event for the rule still revokes it and says so."""
+    group = sg.group({"opsbot:exempt-until": "2026-12-20", "opsbot:exempt-reason": "vendor SFTP, SEC-77"})
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    assert handle_with_lookahead(sg, event)["counts"]["exempt"] == 1
+    assert claim(sg, event) is not None and len(sg.rules(group)) == 1
+    sg.ec2.delete_tags(Resources=[group], Tags=[{"Key": "opsbot:exempt-until"}])
+    again = dict(event, id="the-rule-modified-later")
+    result = handle_with_lookahead(sg, again)
+    assert result["counts"]["revoked"] == 1 and sg.rules(group) == []
+    assert "revoked" in sg.slack.messages()[-1]["blocks"][0]["text"]["text"]
+
+
+def test_a_retry_after_a_revoke_whose_process_died_announces_it(sg):
+    """The first attempt claimed ahead and revoked, then died before the record and the alert. The
+    retry finds the rule gone and its own claim: the revoke is its own, recorded and announced."""
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    Lookahead(event, sg.broker, POLICY, sg.ledger.table, NOW).claims()  # the first attempt's claim
+    sg.ec2.revoke_security_group_ingress(GroupId=group, SecurityGroupRuleIds=[rule_id(event)])  # its revoke
+    result = handle_with_lookahead(sg, event)
+    assert result["counts"].get("revoked") == 1 and not result["counts"].get("already_gone")
+    assert "revoked" in sg.slack.messages()[0]["blocks"][0]["text"]["text"]
+
+
+def test_a_rule_another_caller_claimed_is_still_revoked_by_whoever_gets_there(sg):
+    """Another event claimed the rule and never revoked it (it died): this one revokes and announces."""
+    group = sg.group()
+    event = sg.apply("authorize_sg_ingress_modern", group)
+    Lookahead(dict(event, id="an-event-that-died"), sg.broker, POLICY, sg.ledger.table, NOW).claims()
+    result = handle_with_lookahead(sg, event)
+    assert result["counts"]["revoked"] == 1 and sg.rules(group) == []
+    assert len(sg.slack.messages()) == 1
 
 
 def test_a_record_the_lookahead_cannot_read_is_judged_as_before(sg):
@@ -238,7 +298,7 @@ def test_a_record_the_lookahead_cannot_read_is_judged_as_before(sg):
     event = sg.apply("authorize_sg_ingress_modern", group)
     unreadable = json.loads(json.dumps(event))
     unreadable["detail"] = "not a record"
-    ahead = TagLookahead(unreadable, sg.broker, POLICY, NOW)
+    ahead = Lookahead(unreadable, sg.broker, POLICY, sg.ledger.table, NOW)
     result = handle_with_lookahead(sg, event, ahead)
     assert result["counts"]["revoked"] == 1 and sg.rules(group) == []
 

@@ -31,6 +31,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from automations.core import compiled
+from automations.core.lazy import Lazy
 from automations.core.rulebook import LoadedDocument, Problem, RuleFile, load_document, validate_document
 
 if TYPE_CHECKING:  # imported on first discovery: a fleet without an organisation never needs it
@@ -393,6 +394,7 @@ class _Credentials:
 class _BrokerCache:
     credentials: dict[tuple[str, str], _Credentials] = field(default_factory=dict)  # (account, capability)
     clients: dict[tuple[str, str, str, str, bool], Any] = field(default_factory=dict)
+    sts: dict[str, Any] = field(default_factory=dict)  # the hub's STS client per region (assuming roles)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -417,11 +419,20 @@ class SessionBroker:
         """The same broker acting as ``capability``'s member role (``<role_prefix>-<capability>``)."""
         return replace(self, capability=capability)
 
+    def sts(self, region: str) -> Any:
+        """The hub's STS client in ``region`` (regional endpoint), made once: a handler's init can make it
+        before the first event, which then only assumes the role."""
+        if (client := self.cache.sts.get(region)) is None:
+            client = self.cache.sts[region] = self.base_session.client(
+                "sts", region_name=region, config=self.client_config
+            )
+        return client
+
     def _assume(self, account: str, region: str, capability: str) -> _Credentials:
         cached = self.cache.credentials.get((account, capability))
         if cached and cached.expires_at - self.refresh_margin_seconds > self.clock():
             return cached
-        sts = self.base_session.client("sts", region_name=region, config=self.client_config)
+        sts = self.sts(region)
         params: dict[str, Any] = {
             "RoleArn": self.fleet.role_arn(account, capability),
             "RoleSessionName": self.session_name,
@@ -449,6 +460,11 @@ class SessionBroker:
         for key in [k for k in self.cache.clients if k[:2] == (account, capability)]:
             del self.cache.clients[key]
         return fresh
+
+    def lazy_client(self, account: str, region: str, service: str, *, retries: bool = True) -> Any:
+        """``client``, made (and the role assumed) on first use: a path that may never call it does not pay
+        for it (a client costs 10-20 ms of CPU, on a cold start's critical path)."""
+        return Lazy(lambda: self.client(account, region, service, retries=retries))
 
     def client(self, account: str, region: str, service: str, *, retries: bool = True) -> Any:
         """A client in the member account/region, as this broker's capability; ``retries=False`` for

@@ -18,18 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
-from automations.core.caps import MemberCaps
 from automations.core.clock import utcnow
 from automations.core.fleet import CLIENT_CONFIG, Fleet, FleetDocument, SessionBroker, load_fleet
+from automations.core.lazy import Lazy
 from automations.core.ledger import Ledger
-from automations.core.manifest import ManifestStore
 from automations.core.notify import Notifier
 from automations.core.rulebook import DEFAULT_RULES_DIR, RuleSource
 
-if TYPE_CHECKING:  # imported where used: a handler that runs no task kind needs neither (cold start)
+if TYPE_CHECKING:  # imported where used: a handler that runs no task kind needs none of them (cold start)
     from slack_sdk import WebClient
 
+    from automations.core.caps import MemberCaps
     from automations.core.kinds import KindEnv, TaskDefinition
+    from automations.core.manifest import ManifestStore
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,15 @@ class Runtime:
         """Made on first use: the functions that never plan or close a run make no S3 client (cold start)."""
         if not self.settings.manifest_bucket:
             return None
+        from automations.core.manifest import ManifestStore
+
         s3 = self.broker.base_session.client("s3", config=CLIENT_CONFIG)
         return ManifestStore(s3, self.settings.manifest_bucket)
 
     @cached_property
     def caps(self) -> MemberCaps:
+        from automations.core.caps import MemberCaps
+
         return MemberCaps(
             self.ledger.table,
             self.settings.member_account_max_units,
@@ -132,7 +137,9 @@ def build_runtime(
     does): a function that never uses the fleet never reads it. The fleet's organisation, if it names
     one, is discovered with ``session`` on first use of its accounts and again after a minute (fleet.py)."""
     fleet = _fleet(settings.rules_dir / "fleet.yaml", fleet_text).discovering_with(session, on_client=on_client)
-    table = session.resource("dynamodb", config=CLIENT_CONFIG).Table(settings.ledger_table)
+    # Made on first use: the security-group path first needs it on a thread of its own, beside the
+    # dedupe write, so a cold start does not make it before the event is read (automations/core/lazy.py).
+    table = Lazy(lambda: session.resource("dynamodb", config=CLIENT_CONFIG).Table(settings.ledger_table))
     broker = SessionBroker(session, fleet, on_client=on_client)
     rules = RuleSource(settings.rules_dir)
     return Runtime(settings, Ledger(table, settings.ledger_ttl_days, clock), fleet, broker, rules)

@@ -4,14 +4,15 @@ Each group's rules are judged together (``SgPolicy.evaluate_all``: a split world
 are read only for groups where something may break the policy (they can exempt it). Offending rules are
 revoked by rule id, one call per group and direction; a rule already gone counts as done. Alert-only
 findings are announced once and then again only every ``remind_days``; an exemption is announced the
-first time it is used for a group; revokes are claimed first (``RuleClaims``).
+first time it is used for a group; each revoke is claimed before it is made (``RuleClaims``), and made
+before the exemption and alert-only claims are written (it is the urgent part).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -147,16 +148,20 @@ CLAIM_HOURS = 1  # a revoke claim outlives any retry of the event or unit that m
 
 @dataclass
 class RuleClaims:
-    """Who handles a rule: one claim per rule id in the ledger table, written before acting on it.
+    """Who revoked a rule: one claim per rule id in the ledger table, written before the revoke is sent.
 
-    A revoke is claimed by the event (or sweep run) that makes it, so two events racing for one rule give
-    one revoke and one alert, and a retry of the same event (its first attempt died after revoking)
-    recognises its own claim: the rule it finds gone is the one it revoked, and it is announced.
-    Alert-only findings are claimed for ``remind_days``, so a rule left open is announced once a week,
-    not on every sweep."""
+    A claim never stops a revoke. EC2 lets only one revoke of a rule id succeed, and only the caller whose
+    revoke succeeded announces it, so two events racing for one rule give one revoke and one alert, and a
+    claim that turns out not to be needed (a rule found exempt, claimed ahead by
+    ``remediation.Lookahead``; a claimant that died before revoking) cannot keep a forbidden rule open.
+    What a claim gives is memory across a lost process: a retry of the same event (its first attempt died
+    after revoking) finds its own claim, so the rule it finds gone is the one it revoked, and it is
+    announced. Alert-only findings are claimed for ``remind_days``, so a rule left open is announced once
+    a week, not on every sweep."""
 
     table: Any
     remind_days: int = 7
+    ahead: dict[str, str] = field(default_factory=dict)  # revoke claims already made: key -> NEW/MINE/THEIRS
 
     def _claim(self, pk: str, sk: str, by: str, until: datetime, now: datetime, **attrs: Any) -> str:
         try:
@@ -173,8 +178,14 @@ class RuleClaims:
             return MINE if held.get("by") == by else THEIRS
         return NEW
 
+    @staticmethod
+    def revoke_key(rule: SgRule) -> str:
+        return f"REVOKE#{rule.account}#{rule.region}#{rule.rule_id or rule.group_id}"
+
     def revoke(self, rule: SgRule, by: str, now: datetime) -> str:
-        pk = f"REVOKE#{rule.account}#{rule.region}#{rule.rule_id or rule.group_id}"
+        pk = self.revoke_key(rule)
+        if (held := self.ahead.pop(pk, None)) is not None:
+            return held
         return self._claim(pk, "REVOKE", by, now + timedelta(hours=CLAIM_HOURS), now, group_id=rule.group_id)
 
     def exemption_used(self, verdict: Verdict, now: datetime, by: str) -> bool:
@@ -203,8 +214,22 @@ def enforce(
     by: str = "",
     once: Any = None,
 ) -> list[Outcome]:
-    """Act on the verdicts: alert-only findings once (claimed), revokes by whoever claims them first."""
+    """Act on the verdicts: revokes first (each claimed, then made), then alert-only findings once and
+    first uses of exemptions (claimed). A rule found gone is "revoked" when the claim is this caller's
+    from an earlier attempt, "handled-elsewhere" when another caller claimed it, else "already-gone"."""
     now = now or datetime.now(UTC)
+    to_revoke = [v for v in verdicts if v.action == "revoke"]
+    acted: list[Outcome] = []
+    if report_only:
+        acted = [Outcome(v, "would-revoke") for v in to_revoke]
+    elif to_revoke:
+        held = {id(v): claims.revoke(v.rule, by, now) if claims else NEW for v in to_revoke}
+        for outcome in revoke(ec2, to_revoke, once):
+            if outcome.result == "already-gone" and held[id(outcome.verdict)] == MINE:
+                outcome.result = "revoked"  # by this event's earlier attempt, whose story was never told
+            elif outcome.result == "already-gone" and held[id(outcome.verdict)] == THEIRS:
+                outcome.result = "handled-elsewhere"  # revoked first by another caller (its revoke tells it)
+            acted.append(outcome)
     outcomes = [
         Outcome(v, "exempt", first_use=claims is None or claims.exemption_used(v, now, by))
         for v in verdicts
@@ -213,14 +238,4 @@ def enforce(
     for v in (v for v in verdicts if v.action == "alert"):
         known = claims is not None and not claims.first_report(v.rule, now, by)
         outcomes.append(Outcome(v, "known" if known else "alerted"))
-    to_revoke = [v for v in verdicts if v.action == "revoke"]
-    if report_only:
-        return outcomes + [Outcome(v, "would-revoke") for v in to_revoke]
-    held = {id(v): claims.revoke(v.rule, by, now) if claims else NEW for v in to_revoke}
-    outcomes += [Outcome(v, "handled-elsewhere") for v in to_revoke if held[id(v)] == THEIRS]
-    mine = [v for v in to_revoke if held[id(v)] != THEIRS]
-    for outcome in revoke(ec2, mine, once):
-        if outcome.result == "already-gone" and held[id(outcome.verdict)] == MINE:
-            outcome.result = "revoked"  # by this event's earlier attempt, whose story was never told
-        outcomes.append(outcome)
-    return outcomes
+    return outcomes + acted

@@ -305,6 +305,12 @@ class SgPolicy:
         only narrow a match): only their tags need reading."""
         return {rules[i].group_id for i in self._offences(rules, with_condition=False)}
 
+    def may_revoke(self, rules: Sequence[SgRule]) -> list[SgRule]:
+        """The rules that may be revoked, whatever their groups' tags say: they break a forbidden rule in
+        remediate mode, ``when`` conditions ignored (tags can only narrow a match or exempt)."""
+        found = self._offences(rules, with_condition=False)
+        return [rules[i] for i, hits in sorted(found.items()) if any(f.mode == REMEDIATE for f, _ in hits)]
+
     def needs_group_view(self, rules: Sequence[SgRule]) -> bool:
         """Whether these rules could take part in a split with the rest of their group: a CIDR on a port a
         CIDR rule forbids that is not forbidden on its own. Then the group's other rules must be read."""

@@ -142,50 +142,84 @@ def rules_to_judge(ec2: Any, change: SgChange) -> tuple[list[SgRule], str | None
     return asked, None
 
 
-class TagLookahead:
-    """The exemption lookup (the group's tags) started before the dedupe write returns, so the two round
-    trips overlap: the handler starts it, then Powertools Idempotency writes its in-progress record.
+class Lookahead:
+    """The round trips that need not wait for the dedupe write, started before it so they overlap it: the
+    handler makes this, then Powertools Idempotency writes its in-progress record. At once, on threads:
+    the groups' tags (the exemption lookup) and the claims on the rules that may be revoked (``RuleClaims``).
+    What to read and claim is decided here, on the caller's thread (no I/O, well under a millisecond), so
+    both requests are on the wire while the dedupe write is.
 
-    Read-only: if the event turns out to be a duplicate the tags are simply not used. They are used only
-    for exactly the groups read ahead (a modern record's rules, judged as they are); any other request,
-    and any failure of the read ahead, is read again when judging, as before."""
+    Only for a modern record's rules, judged as they are; any other request, and any failure here, is read
+    or claimed again when judging, as before. The tags are used only for exactly the groups read ahead,
+    and only if the event is not a duplicate. Claiming ahead is safe because a claim never stops a revoke:
+    a rule claimed here that turns out exempt (or a duplicate delivery's claim, which finds its own) keeps
+    nothing open; the claim only lets a retry of this event recognise its own revoke."""
 
-    def __init__(self, event: Mapping[str, Any], broker: SessionBroker, policy: SgPolicy, now: datetime) -> None:
-        self._future: Future[tuple[frozenset[str], dict[str, dict[str, str]]] | None] = _LOOKAHEAD.submit(
-            self._read, event, broker.for_capability(CAPABILITY_NAME), policy, now
-        )
-
-    @staticmethod
-    def _read(
-        event: Mapping[str, Any], broker: SessionBroker, policy: SgPolicy, now: datetime
-    ) -> tuple[frozenset[str], dict[str, dict[str, str]]] | None:
-        change = parse_event(event, now)
-        if isinstance(change, Ignored) or change.unclear or change.modify or not change.rules:
-            return None
-        env = change.envelope
-        member = broker.fleet.account(env.account)
-        if member is None or env.region not in member.regions:
-            return None
-        rules = list(change.rules)
-        suspects = policy.may_offend(rules)
-        if not suspects or policy.needs_group_view(rules):
-            return None
-        ec2 = broker.client(env.account, env.region, "ec2")
-        # The revoke's client (retries off) is made while the tags are read, not after.
-        _LOOKAHEAD.submit(broker.client, env.account, env.region, "ec2", retries=False)
-        return frozenset(suspects), group_tags(ec2, suspects)
-
-    def __call__(self, ec2: Any, group_ids: set[str]) -> dict[str, dict[str, str]]:
+    def __init__(
+        self, event: Mapping[str, Any], broker: SessionBroker, policy: SgPolicy, table: Any, now: datetime
+    ) -> None:
+        self._groups: frozenset[str] = frozenset()
+        self._tags: Future[dict[str, dict[str, str]] | None] | None = None
+        self._claims: Future[dict[str, str] | None] | None = None
         try:
-            ahead = self._future.result()
-        except Exception:  # the judging path reads again, and raises what it raises
-            ahead = None
-        if ahead is not None and ahead[0] == frozenset(group_ids):
-            return ahead[1]
-        return group_tags(ec2, group_ids)
+            change = parse_event(event, now)
+            if isinstance(change, Ignored) or change.unclear or change.modify or not change.rules:
+                return
+            rules = list(change.rules)
+            suspects = policy.may_offend(rules)
+            if not suspects or policy.needs_group_view(rules):
+                return
+        except Exception:  # the judging path parses again, and raises what it raises
+            log.debug("no lookahead", exc_info=True)
+            return
+        env, member = change.envelope, broker.for_capability(CAPABILITY_NAME)
+        self._groups = frozenset(suspects)
+        self._tags = _LOOKAHEAD.submit(_tags_ahead, member, env, self._groups)
+        if to_claim := policy.may_revoke(rules):
+            by = f"event:{env.event_id}"
+            self._claims = _LOOKAHEAD.submit(_claims_ahead, member, env, RuleClaims(table), to_claim, by, now)
+
+    def tags(self, ec2: Any, group_ids: set[str]) -> dict[str, dict[str, str]]:
+        """A ``TagReader``: the tags read ahead when they are of exactly these groups, else read now."""
+        ahead = None
+        if self._tags is not None and self._groups == frozenset(group_ids):
+            try:
+                ahead = self._tags.result()
+            except Exception:  # the judging path reads again, and raises what it raises
+                log.debug("no tags read ahead", exc_info=True)
+        return ahead if ahead is not None else group_tags(ec2, group_ids)
+
+    def claims(self) -> dict[str, str]:
+        """The revoke claims made ahead (``RuleClaims.ahead``); none if they were not made or failed."""
+        try:
+            return (self._claims.result() if self._claims is not None else None) or {}
+        except Exception:  # claimed again before the revoke, and raises what it raises
+            log.debug("no claims made ahead", exc_info=True)
+            return {}
 
 
-_LOOKAHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sg-lookahead")
+def _in_fleet(broker: SessionBroker, env: Envelope) -> bool:
+    member = broker.fleet.account(env.account)
+    return member is not None and env.region in member.regions
+
+
+def _tags_ahead(broker: SessionBroker, env: Envelope, groups: frozenset[str]) -> dict[str, dict[str, str]] | None:
+    if not _in_fleet(broker, env):
+        return None
+    # The revoke's client (retries off: a throttled read here just fails the head start, and the judging
+    # path reads again with retries), made here so that it exists by the time the revoke needs it.
+    return group_tags(broker.client(env.account, env.region, "ec2", retries=False), groups)
+
+
+def _claims_ahead(
+    broker: SessionBroker, env: Envelope, claims: RuleClaims, rules: list[SgRule], by: str, now: datetime
+) -> dict[str, str] | None:
+    if not _in_fleet(broker, env):
+        return None
+    return {RuleClaims.revoke_key(rule): claims.revoke(rule, by, now) for rule in rules}
+
+
+_LOOKAHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sg-lookahead")  # the tags, the claims
 
 
 def remediate(
@@ -204,7 +238,8 @@ def remediate(
         # The hub bus admits the whole organization; opsbot acts only where the fleet says it may.
         result.ignored = f"{env.account}/{env.region} is not in the fleet (rules/fleet.yaml)"
         return result
-    ec2 = broker.client(env.account, env.region, "ec2")
+    # Retries on, for reads; made on first use: a modern record read ahead never needs it.
+    ec2 = broker.lazy_client(env.account, env.region, "ec2")
     rules, result.read_groups = rules_to_judge(ec2, change)
     if result.read_groups is None and policy.needs_group_view(rules):
         # A range that is harmless alone may complete a split with the group's other rules (the world in
@@ -346,13 +381,14 @@ def handle_event(
     ledger: Ledger,
     notifier: Notifier | Callable[[], Notifier | None] | None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    read_tags: TagReader | None = None,
+    ahead: Lookahead | None = None,
 ) -> dict[str, Any]:
     """Parse, remediate, then tell: alert and one ledger record. Designed errors (an event that cannot be
     read, a member account that cannot be reached) are recorded and raised for the dead-letter queue.
 
     ``notifier`` may be a function that returns it: it is then asked for only after opsbot has acted (the
-    Slack token is a Secrets Manager read that need not come before the revoke)."""
+    Slack token is a Secrets Manager read that need not come before the revoke). ``ahead``: the tags and
+    claims the handler started before the dedupe write (``Lookahead``)."""
     now = clock()
     try:
         parsed = parse_event(event, now)
@@ -360,7 +396,8 @@ def handle_event(
             rem = Remediation(parsed.envelope, ignored=parsed.reason)
         else:
             member = broker.for_capability(CAPABILITY_NAME)  # the security-groups member role
-            rem = remediate(parsed, member, policy, clock, RuleClaims(ledger.table), read_tags)
+            claims = RuleClaims(ledger.table, ahead=ahead.claims() if ahead else {})
+            rem = remediate(parsed, member, policy, clock, claims, ahead.tags if ahead else None)
     except InputError as exc:
         report_unreadable("security-group event", event, exc, ledger, _resolve(notifier), now, RUNBOOK)
         raise

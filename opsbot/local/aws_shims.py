@@ -74,6 +74,8 @@ What moto (5.2) lacks, and what this adds to it:
      names the ids it wants with the tag ``opsbot-local:id`` (which is not kept), so the demo's accounts
      and OUs have the same ids on every seed (README, runbooks and the demo's rules name them). An id
      already taken is refused (DuplicateAccountException / DuplicateOrganizationalUnitException).
+  9. Speed, not an API (server only): moto routes each request by listing its own package directory
+     twice (``backends.list_of_moto_modules``, ~2 ms of a ~4.5 ms request); the list is read once.
 
 CloudWatch metrics that AWS publishes itself (AWS/Lambda, AWS/Usage) are put locally with
 PutMetricData (opsbot/local/seed.py); moto accepts those namespaces, AWS would not.
@@ -762,6 +764,16 @@ def shims() -> Iterator[None]:
         uninstall()
 
 
+def _cache_module_list() -> None:
+    """9. Speed, not an API: moto's server lists its own package directory (a listdir and ~180 stats) twice
+    per request to route it (``backends.list_of_moto_modules``), about 2.4 ms of a 4.4 ms request. The
+    list never changes while the server runs, so it is read once."""
+    from moto import backends
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m opsbot.local.aws_shims -H 127.0.0.1 -p 4566``: moto's server, with the shim."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -769,6 +781,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-p", "--port", type=int, required=True)
     args = parser.parse_args(argv)
     install()
+    _cache_module_list()
     from moto.server import main as moto_server
 
     moto_server(["-H", args.host, "-p", str(args.port)])
