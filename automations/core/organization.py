@@ -82,6 +82,21 @@ def _management_account(account: Mapping[str, Any]) -> str:
     return parts[4] if len(parts) > 4 else ""
 
 
+def parents_up_to_root(organizations: Any, child_id: str) -> list[str]:
+    """The parents of an account or OU, nearest first, up to and including the root (ListParents, one
+    call a level: an account or OU has exactly one parent)."""
+    found: list[str] = []
+    child = child_id
+    while True:
+        parents = organizations.list_parents(ChildId=child)["Parents"]
+        if not parents:
+            return found
+        found.append(parents[0]["Id"])
+        if parents[0]["Type"] == "ROOT":
+            return found
+        child = parents[0]["Id"]
+
+
 class Discovery:
     """What the organisation holds for one ``OrganizationScope``, with its caches (thread-safe)."""
 
@@ -227,19 +242,10 @@ class Discovery:
             ids = [p for p in str(path).strip("/").split("/") if p.startswith(("r-", "ou-"))]
             if ids:
                 return ids[::-1]
-        found: list[str] = []
-        child = account_id
         try:
-            while True:
-                parents = self._client("organizations").list_parents(ChildId=child)["Parents"]
-                if not parents:
-                    return found
-                found.append(parents[0]["Id"])
-                if parents[0]["Type"] == "ROOT":
-                    return found
-                child = parents[0]["Id"]
+            return parents_up_to_root(self._client("organizations"), account_id)
         except (ClientError, BotoCoreError) as exc:
-            raise FleetDiscoveryError("organizations:ListParents", child, _error(exc)) from exc
+            raise FleetDiscoveryError("organizations:ListParents", account_id, _error(exc)) from exc
 
     def _under_included(self, account_id: str, described: Mapping[str, Any]) -> bool:
         included, excluded = set(self.scope.include_parents), self.scope.exclude_parents

@@ -29,6 +29,7 @@ from typing import Any
 import boto3
 
 from automations.core.fleet import Fleet, MemberAccount
+from automations.core.organization import parents_up_to_root
 
 ORGANIZATION_ACCESS_ROLE = "OrganizationAccountAccessRole"  # Organizations creates it in every account it creates
 LOCAL_ID_TAG = "opsbot-local:id"  # aws_shims.py item 8: the id the seed wants instead of moto's random one
@@ -131,18 +132,6 @@ def create_ou(base: boto3.Session, parent: str, name: str, ou_id: str | None = N
     return str(made["Id"])
 
 
-def _ancestors(org: Any, ou: str) -> list[str]:
-    found, child = [ou], ou
-    while True:
-        parents = org.list_parents(ChildId=child)["Parents"]
-        if not parents:
-            return found
-        found.append(parents[0]["Id"])
-        if parents[0]["Type"] == "ROOT":
-            return found
-        child = parents[0]["Id"]
-
-
 def join_account(
     base: boto3.Session,
     ou: str,
@@ -168,7 +157,7 @@ def join_account(
     parent = org.list_parents(ChildId=new_id)["Parents"][0]["Id"]
     if parent != ou:
         org.move_account(AccountId=new_id, SourceParentId=parent, DestinationParentId=ou)
-    if set(_ancestors(org, ou)) & set(stackset.targets):
+    if {ou, *parents_up_to_root(org, ou)} & set(stackset.targets):
         stackset.deploy(base, new_id, name, trusting=trusting)
     return new_id
 
