@@ -26,8 +26,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
     where = {"account": heartbeat.account, "region": heartbeat.region}
     # One account's lookup (a few Organizations calls, cached), not the whole organisation per container.
-    member = rt.fleet.account(heartbeat.account)
-    if member is None or heartbeat.region not in member.regions:
+    if not rt.fleet.covers(heartbeat.account, heartbeat.region):
         logger.warning("heartbeat from outside the fleet, ignored", extra=where)
         metrics.add_metric(name="HeartbeatsIgnored", unit=MetricUnit.Count, value=1)
         return {**where, "recorded": False, "reason": "not in the fleet"}

@@ -251,6 +251,11 @@ class Fleet:
         discovery = self._discovery_of(document)
         return discovery.account(account_id) if discovery is not None else None
 
+    def covers(self, account_id: str, region: str) -> bool:
+        """Whether opsbot may act in this account and region (``account``'s lookup, then its regions)."""
+        member = self.account(account_id)
+        return member is not None and region in member.regions
+
     def refresh(self) -> None:
         """Forget what was discovered: the next use asks the organisation again."""
         with self._lock:

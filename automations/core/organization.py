@@ -42,6 +42,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from automations.core.errors import error_code, error_text
 from automations.core.fleet import MemberAccount, OrganizationScope
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,6 @@ class FleetDiscoveryError(Exception):
     def __init__(self, call: str, about: str, error: str) -> None:
         self.call, self.about, self.error = call, about, error
         super().__init__(f"fleet discovery: {call} {about}: {error}")
-
-
-def _error(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _active(account: Mapping[str, Any]) -> bool:
@@ -179,7 +169,7 @@ class Discovery:
                     pending.extend(child["Id"] for child in page["Children"])
             except (ClientError, BotoCoreError) as exc:
                 call = "organizations:ListAccountsForParent/ListChildren"
-                raise FleetDiscoveryError(call, parent, _error(exc)) from exc
+                raise FleetDiscoveryError(call, parent, error_text(exc)) from exc
         for account_id in sorted(scope.include_accounts - set(listed)):
             described = self._describe(account_id)
             if described is not None:
@@ -228,12 +218,12 @@ class Discovery:
             organizations = self._client("organizations")
             described: Mapping[str, Any] = organizations.describe_account(AccountId=account_id)["Account"]
         except ClientError as exc:
-            if _code(exc) == "AccountNotFoundException":
+            if error_code(exc) == "AccountNotFoundException":
                 log.warning("fleet discovery: account %s is not in the organisation", account_id)
                 return None
-            raise FleetDiscoveryError("organizations:DescribeAccount", account_id, _error(exc)) from exc
+            raise FleetDiscoveryError("organizations:DescribeAccount", account_id, error_text(exc)) from exc
         except BotoCoreError as exc:
-            raise FleetDiscoveryError("organizations:DescribeAccount", account_id, _error(exc)) from exc
+            raise FleetDiscoveryError("organizations:DescribeAccount", account_id, error_text(exc)) from exc
         return described
 
     def _ancestors(self, account_id: str, described: Mapping[str, Any]) -> list[str]:
@@ -245,7 +235,7 @@ class Discovery:
         try:
             return parents_up_to_root(self._client("organizations"), account_id)
         except (ClientError, BotoCoreError) as exc:
-            raise FleetDiscoveryError("organizations:ListParents", account_id, _error(exc)) from exc
+            raise FleetDiscoveryError("organizations:ListParents", account_id, error_text(exc)) from exc
 
     def _under_included(self, account_id: str, described: Mapping[str, Any]) -> bool:
         included, excluded = set(self.scope.include_parents), self.scope.exclude_parents
@@ -287,6 +277,6 @@ class Discovery:
                 if r.get("RegionOptStatus") in ENABLED_STATES
             }
         except (ClientError, BotoCoreError) as exc:
-            raise FleetDiscoveryError("account:ListRegions", account_id, _error(exc)) from exc
+            raise FleetDiscoveryError("account:ListRegions", account_id, error_text(exc)) from exc
         allowed = self.scope.allowed_regions
         return tuple(r for r in allowed if r in enabled) if allowed is not None else tuple(sorted(enabled))

@@ -198,13 +198,8 @@ class Lookahead:
             return {}
 
 
-def _in_fleet(broker: SessionBroker, env: Envelope) -> bool:
-    member = broker.fleet.account(env.account)
-    return member is not None and env.region in member.regions
-
-
 def _tags_ahead(broker: SessionBroker, env: Envelope, groups: frozenset[str]) -> dict[str, dict[str, str]] | None:
-    if not _in_fleet(broker, env):
+    if not broker.fleet.covers(env.account, env.region):
         return None
     # The revoke's client (retries off: a throttled read here just fails the head start, and the judging
     # path reads again with retries), made here so that it exists by the time the revoke needs it.
@@ -214,7 +209,7 @@ def _tags_ahead(broker: SessionBroker, env: Envelope, groups: frozenset[str]) ->
 def _claims_ahead(
     broker: SessionBroker, env: Envelope, claims: RuleClaims, rules: list[SgRule], by: str, now: datetime
 ) -> dict[str, str] | None:
-    if not _in_fleet(broker, env):
+    if not broker.fleet.covers(env.account, env.region):
         return None
     return {RuleClaims.revoke_key(rule): claims.revoke(rule, by, now) for rule in rules}
 
@@ -233,8 +228,7 @@ def remediate(
     """Judge and act on one parsed change, in the account/region it came from (if the fleet has it)."""
     env = change.envelope
     result = Remediation(env)
-    member = broker.fleet.account(env.account)
-    if member is None or env.region not in member.regions:
+    if not broker.fleet.covers(env.account, env.region):
         # The hub bus admits the whole organization; opsbot acts only where the fleet says it may.
         result.ignored = f"{env.account}/{env.region} is not in the fleet (rules/fleet.yaml)"
         return result
